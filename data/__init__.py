@@ -1,0 +1,1 @@
+"""Web-data curation for Llama 3 pre-training (paper section 3.1)."""

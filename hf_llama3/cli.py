@@ -1,0 +1,65 @@
+"""The `hf-llama3` console entry point.
+
+Subcommands are named here as ``"module:function"`` strings and imported only when they run, so
+``import hf_llama3`` never pulls in the training, data or evaluation packages (``hf_llama3`` must
+work alone: it is what ``from_pretrained`` users and remote code load). Each target takes the
+remaining argv and returns a process exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> ("module:function", one-line help). Later stages add their line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
+    "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line on stderr, exit status 2, no traceback."""
+
+
+# Errors that carry a message meant for the user (bad config, bad checkpoint, bad dataset). Set
+# HF_LLAMA3_DEBUG=1 to get the traceback instead.
+USER_ERRORS = (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: hf-llama3 <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]
+    lines += ["", "Run `hf-llama3 <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def _resolve(target: str) -> Callable[[list[str]], int]:
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``hf-llama3 <command> ...`` to the command's ``main(argv)``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"hf-llama3: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        return int(_resolve(COMMANDS[name][0])(rest) or 0)
+    except USER_ERRORS as err:
+        if os.environ.get("HF_LLAMA3_DEBUG"):
+            raise
+        print(f"hf-llama3 {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Packaging for hf-llama3: the Llama 3 Herd of Models recipe on the Hugging Face stack.
+
+Install torch first (`pip install torch==2.13.0` for the CPU build); the requirement below is a
+range that an installed torch satisfies, so pip does not pull CUDA wheels.
+"""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "torch>=2.6",
+    "transformers>=5.0,<6",
+    "accelerate>=1.10",
+    "datasets>=4.0",
+    "safetensors>=0.5",
+    "huggingface_hub>=1.0",
+    "tiktoken>=0.9",
+    # Meta's reference package: ships the real Llama 3 `tokenizer.model`, ChatFormat and ToolUtils.
+    "llama-models>=0.3",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "train": ["trl>=1.0,<2", "peft>=0.17"],
+    "dev": [
+        "trl>=1.0,<2",
+        "peft>=0.17",
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+        "ruff>=0.6",
+        # Meta's reference model (llama_models/llama3/model.py) imports fairscale.
+        "fairscale>=0.4.13",
+    ],
+}
+
+setup(
+    name="hf-llama3",
+    version="0.1.0",
+    description="Reproduce the Llama 3 Herd of Models recipe with transformers, accelerate, TRL and PEFT.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hf_llama3*", "training*", "data*", "evaluation*"]),
+    include_package_data=True,
+    package_data={"hf_llama3": ["*.jinja", "*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["hf-llama3=hf_llama3.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
