@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
     "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
+    # Post-training [paper 4] (training/reward.py, rejection_sampling.py, sft.py, dpo.py, averaging.py, rounds.py).
+    "average": ("training.averaging:main", "average checkpoints (uniform or weighted), sharded safetensors [4.1.5]"),
 }
 
 
