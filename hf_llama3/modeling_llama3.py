@@ -45,6 +45,13 @@ from .configuration_llama3 import Llama3Config
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+# Written into every saved config: the Auto class -> "module.Class" map that remote-code loading follows.
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_llama3.Llama3Config",
+    "AutoModel": "modeling_llama3.Llama3Model",
+    "AutoModelForCausalLM": "modeling_llama3.Llama3ForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_llama3.Llama3ForSequenceClassification",
+}
 
 
 class Llama3RMSNorm(nn.Module):
@@ -285,6 +292,12 @@ class Llama3PreTrainedModel(PreTrainedModel):
     # The RoPE tables are recomputed, never loaded (Meta's checkpoints carry a stale `rope.freqs`).
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq", r"rope\.freqs"]
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with every Llama 3 class in ``auto_map`` so that any head of the
+        saved folder loads with ``trust_remote_code=True`` (transformers alone records only the saved class)."""
+        self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(self.config.auto_map or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, Llama3RotaryEmbedding):
             # Buffers are not in the checkpoint: after meta-device loading they must be computed again.
@@ -353,8 +366,13 @@ class Llama3Model(Llama3PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
 
-        if document_ids is not None and position_ids is None:
-            position_ids = positions_from_document_ids(document_ids)
+        if document_ids is not None:
+            if position_ids is None:
+                position_ids = positions_from_document_ids(document_ids)
+            if attention_mask is None:
+                # An explicit mask turns off transformers' position-based packing detection, which would remap
+                # the indices our document mask function receives.
+                attention_mask = torch.ones_like(document_ids)
         packed = document_ids is not None or (
             position_ids is not None
             and attention_mask is None
