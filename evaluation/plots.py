@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from evaluation.io import atomic_path
+from evaluation.needle import NeedleResult
 from evaluation.scaling_laws import DownstreamForecast, IsoFLOPsFit
 
 
@@ -99,4 +100,21 @@ def plot_forecast(
     right.set_xlabel("normalized NLL of correct answer")
     right.set_ylabel("accuracy")
     fig.suptitle("Two-stage downstream forecast")
+    return _save(fig, path)
+
+
+def plot_needle_heatmap(result: NeedleResult, path: str | os.PathLike, title: str = "Needle-in-a-haystack") -> Path:
+    """Retrieval score per (depth, context length) cell: green solved, red missed."""
+    fig = Figure(figsize=(1.2 + 0.8 * len(result.lengths), 1.2 + 0.5 * len(result.depths)))
+    ax = fig.add_subplot()
+    image = ax.imshow(result.scores.T, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(result.lengths)), [str(n) for n in result.lengths], rotation=45)
+    ax.set_yticks(range(len(result.depths)), [f"{d:.0%}" for d in result.depths])
+    for i in range(len(result.lengths)):
+        for j in range(len(result.depths)):
+            ax.text(i, j, f"{result.scores[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"{title} (mean {result.mean_score:.2f})")
+    fig.colorbar(image, ax=ax, label="retrieval score")
     return _save(fig, path)
