@@ -38,3 +38,34 @@ __all__ = [
     "Llama3Model",
     "Llama3PreTrainedModel",
 ]
+
+# --- tokenizer and chat format (issue 3) ---
+from .chat_format import (  # noqa: E402
+    CHAT_EOS_TOKEN_IDS,
+    DialogError,
+    DialogOptions,
+    EncodedDialog,
+    chat_generation_config,
+    decode_assistant_message,
+    encode_dialog,
+    parse_assistant_message,
+    parse_tool_call,
+    render_dialog,
+    stop_token_ids,
+)
+from .tokenization_llama3 import load_tokenizer  # noqa: E402
+
+__all__ += [
+    "CHAT_EOS_TOKEN_IDS",
+    "DialogError",
+    "DialogOptions",
+    "EncodedDialog",
+    "chat_generation_config",
+    "decode_assistant_message",
+    "encode_dialog",
+    "load_tokenizer",
+    "parse_assistant_message",
+    "parse_tool_call",
+    "render_dialog",
+    "stop_token_ids",
+]
