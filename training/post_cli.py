@@ -72,3 +72,114 @@ def load_stage_config(cls: type[ConfigT], args: argparse.Namespace, extra: Mappi
     values.update({key: value for key, value in (extra or {}).items() if value is not None})
     values.update(parse_overrides(args.overrides))
     return build_config(cls, values, source=str(args.config) if args.config is not None else "command line")
+
+
+@dataclasses.dataclass
+class StageInputs:
+    """Fields every post-training trainer stage shares: what to load, what to train on, and the LoRA option.
+
+    Mixed into each stage's TRL config (``Llama3RewardConfig(RewardConfig, StageInputs)`` ...), so one YAML
+    recipe holds both TRL's training arguments and these.
+
+    Args:
+        model_name_or_path: Folder (or Hub id, when online) of the model to start from.
+        tokenizer_name_or_path: Tokenizer folder; ``None`` uses the model folder's tokenizer, or the real Llama 3
+            tokenizer from ``hf_llama3.load_tokenizer`` when the folder has none.
+        dataset_path: Training rows: a ``.json``/``.jsonl``/``.parquet`` file or a ``save_to_disk`` folder.
+        eval_dataset_path: Optional held-out rows in the same format.
+        use_peft: Train LoRA adapters through PEFT instead of all weights; the export is merged [our setting,
+            the paper trains all weights].
+        lora_r, lora_alpha, lora_dropout, lora_target_modules: The LoRA adapter (PEFT ``LoraConfig``).
+    """
+
+    model_name_or_path: str = ""
+    tokenizer_name_or_path: str | None = None
+    dataset_path: str = ""
+    eval_dataset_path: str | None = None
+    use_peft: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str = "all-linear"
+
+    def validate_inputs(self) -> None:
+        """Errors for settings every stage needs; called from each stage config's ``__post_init__``."""
+        if self.use_peft and self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive when use_peft is true, got {self.lora_r}.")
+
+
+def lora_config(config: StageInputs, task_type: str):
+    """The PEFT ``LoraConfig`` for a stage, or ``None`` when ``use_peft`` is off."""
+    if not config.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=task_type,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        bias="none",
+    )
+
+
+def load_rows(path: str | Path):
+    """Load a dataset file (json, jsonl, parquet) or a ``save_to_disk`` folder as a ``datasets.Dataset``."""
+    import datasets
+
+    path = Path(path)
+    if not str(path) or not path.exists():
+        raise FileNotFoundError(
+            f"Dataset {str(path)!r} does not exist: set dataset_path to a json/jsonl/parquet file."
+        )
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
+    kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+    if path.suffix not in kinds:
+        raise ValueError(f"Dataset {path}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet.")
+    return datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
+
+
+def load_stage_tokenizer(config: StageInputs):
+    """The stage's tokenizer: ``tokenizer_name_or_path``, else the model folder's, else the real Llama 3 one."""
+    from transformers import AutoTokenizer
+
+    source = config.tokenizer_name_or_path or config.model_name_or_path
+    if config.tokenizer_name_or_path or (source and (Path(source) / "tokenizer.json").is_file()):
+        return AutoTokenizer.from_pretrained(source)
+    from hf_llama3.tokenization_llama3 import load_tokenizer
+
+    return load_tokenizer()
+
+
+def export_model(trainer, output_dir: str | Path) -> Path:
+    """Save the trained model (LoRA adapters merged into the base weights) and tokenizer, atomically."""
+    import shutil
+    import tempfile
+
+    output_dir = Path(output_dir)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if not trainer.accelerator.is_main_process:
+        return output_dir
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        trainer.processing_class.save_pretrained(staging)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.replace(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return output_dir
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` folder under ``output_dir`` to resume from, or ``None`` for a fresh run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None

@@ -1,0 +1,101 @@
+"""Reward modelling [4.1.2]: packed ranked rows, the no-margin pairwise loss, accuracy, bad-row reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from tests.post_training.conftest import tiny_reward_model
+from training.reward import (
+    PackedRankingCollator,
+    find_bad_rows,
+    pack_ranked_row,
+    packed_attention_mask,
+    packed_rewards,
+    ranking_loss,
+)
+
+PROMPT = [128000, 9906, 1070, 11, 1268]
+RESPONSES = [[40, 1097, 6555, 128009], [9906, 128009], [3923, 374, 279, 4320, 30, 128009]]
+
+
+def _neg_log_sigmoid(x: float) -> float:
+    return math.log1p(math.exp(-x))
+
+
+def test_pack_ranked_row_layout():
+    row = pack_ranked_row([1, 2], [[3, 4], [5], [6, 7, 8]], order=[2, 0, 1])
+    assert row["input_ids"] == [1, 2, 6, 7, 8, 3, 4, 5]
+    assert row["position_ids"] == [0, 1, 2, 3, 4, 2, 3, 2]
+    assert row["segment_ids"] == [0, 0, 1, 1, 1, 2, 2, 3]
+    assert row["response_ends"] == [4, 6, 7]
+    assert row["response_ranks"] == [2, 0, 1]
+
+
+def test_packed_mask_sees_prompt_and_own_response_only():
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    visible = packed_attention_mask(segments)[0, 0] == 0
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 0, 0, 1, 0],
+            [0, 0, 0, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(visible, expected)
+
+
+def test_packed_scores_equal_separate_forwards():
+    """One forward per prompt gives each response the score of `prompt + response` scored on its own."""
+    model = tiny_reward_model(0)
+    rows = [pack_ranked_row(PROMPT, RESPONSES, [2, 0, 1]), pack_ranked_row(PROMPT[:2], RESPONSES[:2], [1, 0])]
+    batch = PackedRankingCollator(pad_token_id=128004)(rows)
+    with torch.no_grad():
+        packed = packed_rewards(model, batch)
+        alone = [
+            [model(input_ids=torch.tensor([p + r])).logits.item() for r in rs]
+            for p, rs in ((PROMPT, RESPONSES), (PROMPT[:2], RESPONSES[:2]))
+        ]
+    torch.testing.assert_close(packed[0], torch.tensor([alone[0][2], alone[0][0], alone[0][1]]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(packed[1, :2], torch.tensor([alone[1][1], alone[1][0]]), rtol=1e-4, atol=1e-5)
+    assert packed[1, 2] == 0
+
+
+def test_ranking_loss_three_responses_by_hand():
+    # slots hold ranks [1, 0, 2]: ordered pairs (better, worse) are (s1, s0), (s1, s2), (s0, s2).
+    rewards = torch.tensor([[1.0, 0.5, -0.2]])
+    loss, correct, pairs = ranking_loss(rewards, torch.tensor([[1, 0, 2]]))
+    expected = (_neg_log_sigmoid(0.5 - 1.0) + _neg_log_sigmoid(0.5 + 0.2) + _neg_log_sigmoid(1.0 + 0.2)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert (correct.item(), pairs.item()) == (2, 3)
+
+
+def test_ranking_loss_mixed_two_and_three_responses_by_hand():
+    rewards = torch.tensor([[0.3, -0.4, 0.0], [2.0, 1.0, 0.0]])
+    ranks = torch.tensor([[1, 0, -1], [0, 2, 1]])
+    loss, correct, pairs = ranking_loss(rewards, ranks)
+    # row 0: s1 > s0 (one pair); row 1: s0 > s2, s0 > s1, s2 > s1. No margin term anywhere.
+    terms = [-0.4 - 0.3, 2.0 - 0.0, 2.0 - 1.0, 0.0 - 1.0]
+    assert loss.item() == pytest.approx(sum(_neg_log_sigmoid(t) for t in terms) / 4, rel=1e-6)
+    assert (correct.item(), pairs.item()) == (2, 4)
+
+
+def test_bad_rows_are_reported_with_row_numbers():
+    rows = Dataset.from_list(
+        [
+            {"prompt": "fine", "chosen": "a", "rejected": "b", "edited": None},
+            {"prompt": "", "chosen": "a", "rejected": "b", "edited": None},
+            {"prompt": "p", "chosen": "  ", "rejected": "b", "edited": "c"},
+        ]
+    )
+    problems = find_bad_rows(rows)
+    assert problems == ["row 1: empty prompt", "row 2: response 1 is empty"]
+    one = Dataset.from_list([{"prompt": "p", "responses": ["only one"]}])
+    assert find_bad_rows(one) == ["row 0: 1 responses (need 2 or 3, ranked best first)"]
