@@ -165,6 +165,10 @@ def meta_params_from_config(config: Llama3Config) -> dict:
         "norm_eps": config.rms_norm_eps,
         "rope_theta": rope["rope_theta"],
         "use_scaled_rope": rope.get("rope_type") == "llama3",
+        # Not read by Meta's ModelArgs (it ignores unknown keys); kept so a round trip restores the config.
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
     }
     if rope.get("rope_type") == "llama3":
         scaling = {k: v for k, v in rope.items() if k not in ("rope_type", "rope_theta")}
@@ -204,6 +208,7 @@ def config_from_meta_params(params: dict, tie_word_embeddings: bool) -> Llama3Co
         rms_norm_eps=params.get("norm_eps", 1e-5),
         rope_parameters=rope,
         tie_word_embeddings=tie_word_embeddings,
+        **{k: params[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in params},
     )
 
 
