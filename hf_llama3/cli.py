@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
     # Post-training [paper 4] (training/reward.py, rejection_sampling.py, sft.py, dpo.py, averaging.py, rounds.py).
     "average": ("training.averaging:main", "average checkpoints (uniform or weighted), sharded safetensors [4.1.5]"),
+    "reward": ("training.reward:main", "train a reward model on ranked 2-3 responses per prompt [4.1.2]"),
 }
 
 

@@ -128,24 +128,24 @@ def tokenize_prompt_and_responses(
 ) -> tuple[list[int], list[list[int]]]:
     """Token ids of a prompt and of each response continuing it.
 
-    Chat prompts (lists of messages) are rendered with the tokenizer's chat template plus the assistant header;
-    each response is the rest of the rendered conversation (content and ``<|eot_id|>``), tokenized on its own as
-    Meta's ChatFormat does. Plain-text prompts get ``<|begin_of_text|>`` and responses end with the EOS token.
+    Chat prompts (lists of messages) are encoded with ``hf_llama3.encode_dialog`` (the Llama 3.1 dialog format,
+    ending with the assistant header); each response is the rest of the encoded conversation: its content and
+    ``<|eot_id|>``. Plain-text prompts get ``<|begin_of_text|>`` and responses end with the EOS token.
     """
+    from hf_llama3 import encode_dialog
+
     if isinstance(prompt, str):
         prompt_ids = tokenizer(prompt).input_ids
-        return prompt_ids, [
-            [*tokenizer(r, add_special_tokens=False).input_ids, tokenizer.eos_token_id] for r in responses
-        ]
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
+        eos = tokenizer.eos_token_id
+        return prompt_ids, [[*tokenizer(r, add_special_tokens=False).input_ids, eos] for r in responses]
+    prompt_ids = encode_dialog(tokenizer, prompt, add_generation_prompt=True).input_ids
     response_ids = []
     for response in responses:
         message = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
-        full_text = tokenizer.apply_chat_template(list(prompt) + list(message), tokenize=False)
-        if not full_text.startswith(prompt_text):
-            raise ValueError("The chat template renders the prompt differently with and without a response.")
-        response_ids.append(tokenizer(full_text[len(prompt_text) :], add_special_tokens=False).input_ids)
+        full_ids = encode_dialog(tokenizer, list(prompt) + list(message)).input_ids
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("The dialog encodes the prompt differently with and without a response.")
+        response_ids.append(full_ids[len(prompt_ids) :])
     return prompt_ids, response_ids
 
 

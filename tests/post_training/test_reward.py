@@ -99,3 +99,68 @@ def test_bad_rows_are_reported_with_row_numbers():
     assert problems == ["row 1: empty prompt", "row 2: response 1 is empty"]
     one = Dataset.from_list([{"prompt": "p", "responses": ["only one"]}])
     assert find_bad_rows(one) == ["row 0: 1 responses (need 2 or 3, ranked best first)"]
+
+
+def _trainer(tmp_path, tokenizer, rows, **overrides):
+    from tests.post_training.conftest import trainer_args
+    from training.reward import Llama3RewardConfig, Llama3RewardTrainer
+
+    config = Llama3RewardConfig(**trainer_args(tmp_path, **overrides))
+    return Llama3RewardTrainer(
+        model=tiny_reward_model(0), args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+
+
+def test_trainer_loss_equals_hand_computed_value(tmp_path, tokenizer):
+    from tests.post_training.conftest import PREFERENCE_ROWS
+    from training.reward import ranked_responses, tokenize_prompt_and_responses
+
+    trainer = _trainer(tmp_path, tokenizer, PREFERENCE_ROWS)
+    # The strength filter keeps "significantly better" and "better" (case-insensitive) [4.1.2]: rows 0, 1, 3.
+    assert len(trainer.train_dataset) == 3
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch).item()
+        terms, correct = [], 0
+        for row in (PREFERENCE_ROWS[0], PREFERENCE_ROWS[1], PREFERENCE_ROWS[3]):
+            prompt_ids, responses = tokenize_prompt_and_responses(tokenizer, row["prompt"], ranked_responses(row))
+            scores = [model(input_ids=torch.tensor([prompt_ids + r])).logits.item() for r in responses]
+            for better in range(len(scores)):
+                for worse in range(better + 1, len(scores)):
+                    terms.append(_neg_log_sigmoid(scores[better] - scores[worse]))
+                    correct += scores[better] > scores[worse]
+    assert len(terms) == 3 + 1 + 3
+    assert loss == pytest.approx(sum(terms) / len(terms), rel=1e-4)
+    assert trainer._metrics["eval"]["accuracy"][-1] == pytest.approx(correct / len(terms))
+
+
+def test_trainer_trains_and_exports(tmp_path, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.post_training.conftest import PREFERENCE_ROWS
+    from training.post_cli import export_model
+
+    trainer = _trainer(tmp_path, tokenizer, PREFERENCE_ROWS)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    assert math.isfinite(result.training_loss)
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert "score.weight" in changed and any("layers.0" in n for n in changed)
+    out = export_model(trainer, tmp_path / "rm")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out)
+    torch.testing.assert_close(reloaded.score.weight, trainer.model.score.weight)
+
+
+def test_trainer_rejects_bad_rows_and_long_rows(tmp_path, tokenizer):
+    rows = [
+        {"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"},
+        {"prompt": "Hi", "chosen": "", "rejected": "Go away"},
+    ]
+    with pytest.raises(ValueError, match="row 1: response 0 is empty"):
+        _trainer(tmp_path, tokenizer, rows)
+    with pytest.raises(ValueError, match="missing what a ranked row needs"):
+        _trainer(tmp_path, tokenizer, [{"prompt": "Hi", "chosen": "Hello"}])
+    long_rows = [{"prompt": "Hi", "chosen": "Hello " * 40, "rejected": "no"}]
+    with pytest.raises(ValueError, match=r"row 0: \d+ tokens packed"):
+        _trainer(tmp_path, tokenizer, long_rows, max_length=32)
