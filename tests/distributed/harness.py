@@ -1,0 +1,102 @@
+"""Multi-process test harness: real gloo process groups on CPU, forked from the test process.
+
+Forking (instead of spawning fresh interpreters) shares the already-imported torch/transformers, so a
+16-process world starts in about a second. One fork per world size runs several layouts in sequence.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hf_llama3 import Llama3Config, Llama3ForCausalLM
+from training.parallel.engine import OptimizerConfig
+
+STEPS = 3
+BATCH, SEQ = 8, 32
+# eps 1e-5 (Llama 2's AdamW setting): with 1e-8, an element whose gradient is at float-noise level (~1e-9) gets an
+# update of ~lr whose sign depends on summation order, so no two layouts could agree to 1e-5 on every weight.
+OPTIMIZER = OptimizerConfig(lr=1e-3, eps=1e-5, weight_decay=0.1, warmup_steps=1, decay_steps=2, min_lr_ratio=0.1)
+
+
+def tiny_config(**overrides) -> Llama3Config:
+    """A CPU-sized config: 8 layers (enough for 4 pipeline stages), 8 query / 4 KV heads (TP4 with GQA), vocab 1024."""
+    values = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return Llama3Config.from_preset("tiny", **{**values, **overrides})
+
+
+def make_batch(step: int, batch: int = BATCH, seq: int = SEQ, vocab: int = 1024) -> dict[str, torch.Tensor]:
+    """Deterministic batch ``step``: random tokens (never the pad id); even steps pack several documents per row."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    out = {"input_ids": torch.randint(3, vocab, (batch, seq), generator=gen)}
+    out["labels"] = out["input_ids"].clone()
+    if step % 2 == 0:
+        boundaries = (torch.rand(batch, seq, generator=gen) < 0.15).long()
+        boundaries[:, 0] = 0
+        out["document_ids"] = boundaries.cumsum(dim=1)
+        out["labels"][:, :3] = -100  # some ignored targets too
+    return out
+
+
+def reference_run(config: Llama3Config, steps: int = STEPS, seed: int = 0) -> tuple[list[float], dict]:
+    """The single-process ground truth: the plain model's own forward and loss, AdamW, same LR schedule."""
+    torch.manual_seed(seed)
+    model = Llama3ForCausalLM(config)
+    model.train()
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=OPTIMIZER.lr,
+        betas=OPTIMIZER.betas,
+        eps=OPTIMIZER.eps,
+        weight_decay=OPTIMIZER.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, OPTIMIZER.lr_factor)
+    losses = []
+    for step in range(steps):
+        batch = make_batch(step, vocab=config.vocab_size)
+        out = model(**batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        losses.append(out.loss.item())
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _worker(rank: int, world_size: int, store_path: str, fn: Callable, args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store_path}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=180),
+    )
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(world_size: int, fn: Callable, *args) -> None:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` forked processes with a gloo default group."""
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        mp.start_processes(_worker, args=(world_size, store, fn, args), nprocs=world_size, start_method="fork")

@@ -1,0 +1,97 @@
+"""Named parallel layouts against a single-process run: same data and seed, 3 AdamW steps, loss and final weights
+equal to 1e-5. Each world size is forked once and runs its layouts in sequence on fresh meshes."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.distributed.harness import OPTIMIZER, STEPS, make_batch, reference_run, run_distributed, tiny_config
+from training.parallel.dims import ParallelDims
+from training.parallel.engine import EngineConfig, ParallelTrainer
+
+# world size -> [(name, ParallelDims kwargs)]. Microbatches = pp so every schedule fills its pipeline.
+LAYOUTS: dict[int, list[tuple[str, dict]]] = {
+    1: [("single", {})],
+    2: [
+        ("CP2", dict(cp=2)),
+        ("PP2-gpipe", dict(pp=2, pp_schedule="gpipe", pp_microbatches=2)),
+        ("PP2-1f1b", dict(pp=2, pp_schedule="1f1b", pp_microbatches=2)),
+        ("PP2-interleaved", dict(pp=2, pp_schedule="interleaved_1f1b", pp_virtual_stages=2, pp_microbatches=2)),
+    ],
+    4: [
+        ("FSDP4", dict(dp_shard=4)),
+        ("HSDP2x2", dict(dp_replicate=2, dp_shard=2)),
+        ("TP4", dict(tp=4)),
+        ("CP4", dict(cp=4)),
+        ("PP4-gpipe", dict(pp=4, pp_schedule="gpipe", pp_microbatches=4)),
+        ("PP4-1f1b", dict(pp=4, pp_schedule="1f1b", pp_microbatches=4)),
+        (
+            "PP4-interleaved",
+            dict(pp=4, pp_schedule="interleaved_1f1b", pp_virtual_stages=2, pp_microbatches=4, pp_balance=False),
+        ),
+        ("TP2xFSDP2", dict(tp=2, dp_shard=2)),
+        ("PP2xFSDP2", dict(pp=2, dp_shard=2, pp_microbatches=2)),
+        ("CP2xTP2", dict(cp=2, tp=2)),
+        ("PP2xCP2", dict(pp=2, cp=2, pp_microbatches=2)),
+    ],
+    8: [
+        ("PP2xFSDP2xTP2", dict(pp=2, dp_shard=2, tp=2, pp_microbatches=2)),
+        ("PP2xCP2xTP2", dict(pp=2, cp=2, tp=2, pp_microbatches=2)),
+        ("FSDP2xCP2xTP2", dict(dp_shard=2, cp=2, tp=2)),
+    ],
+    16: [
+        ("PP2xFSDP2xCP2xTP2-1f1b", dict(pp=2, dp_shard=2, cp=2, tp=2, pp_microbatches=2)),
+        (
+            "PP2xFSDP2xCP2xTP2-interleaved",
+            dict(pp=2, dp_shard=2, cp=2, tp=2, pp_schedule="interleaved_1f1b", pp_virtual_stages=2, pp_microbatches=2),
+        ),
+    ],
+}
+SLOW_WORLDS = {8, 16}
+CASES = [
+    pytest.param(world, name, marks=[pytest.mark.slow] if world in SLOW_WORLDS else [], id=name)
+    for world, layouts in LAYOUTS.items()
+    for name, _ in layouts
+]
+
+
+def _train_layouts(rank: int, world_size: int, layouts: list[tuple[str, dict]], out_dir: str) -> None:
+    for name, dims in layouts:
+        trainer = ParallelTrainer(tiny_config(), EngineConfig(parallel=ParallelDims(**dims), optimizer=OPTIMIZER))
+        losses = [trainer.step(make_batch(step)) for step in range(STEPS)]
+        state = trainer.full_state_dict()
+        if rank == 0:
+            torch.save({"losses": losses, "state": state}, Path(out_dir) / f"{name}.pt")
+        del trainer
+        dist.barrier()
+
+
+@functools.cache
+def _results(world_size: int) -> dict[str, dict]:
+    out_dir = tempfile.mkdtemp(prefix=f"layouts{world_size}_")
+    run_distributed(world_size, _train_layouts, LAYOUTS[world_size], out_dir)
+    return {name: torch.load(Path(out_dir) / f"{name}.pt") for name, _ in LAYOUTS[world_size]}
+
+
+@functools.cache
+def _reference() -> tuple[list[float], dict]:
+    return reference_run(tiny_config())
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("world_size", "name"), CASES)
+def test_layout_matches_single_process(world_size: int, name: str) -> None:
+    ref_losses, ref_state = _reference()
+    result = _results(world_size)[name]
+    torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(ref_losses), rtol=0, atol=1e-5)
+    assert set(result["state"]) == set(ref_state), "parameter names differ from Llama3ForCausalLM's"
+    for key, ref in ref_state.items():
+        torch.testing.assert_close(result["state"][key], ref, rtol=0, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+    # The run learned something: weights moved by far more than the tolerance.
+    assert ref_losses[-1] != ref_losses[0]

@@ -1,0 +1,61 @@
+"""Apply the parallelisms to a ``Llama3ForCausalLM`` from outside, in torchtitan's order:
+pipeline split -> TP -> CP -> activation checkpointing -> compile -> FSDP."""
+
+from __future__ import annotations
+
+import logging
+
+from torch.distributed.device_mesh import DeviceMesh
+
+from hf_llama3 import Llama3ForCausalLM
+
+from .context_parallel import register_parallel_attention
+from .dims import ParallelDims, submesh
+from .fsdp import FSDPConfig, apply_fsdp
+from .pipeline_parallel import split_into_stages
+from .stage import Llama3Stage
+from .tensor_parallel import apply_tensor_parallel
+
+logger = logging.getLogger(__name__)
+
+
+def fsdp_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
+    """The FSDP mesh: ``dp_shard x cp`` flattened, with ``dp_replicate`` as the outer (HSDP) dim when > 1."""
+    if dims.dp_replicate > 1:
+        return submesh(mesh, "dp_replicate", "dp_shard_cp")
+    return submesh(mesh, "dp_shard_cp")
+
+
+def parallelize_llama(
+    model: Llama3ForCausalLM,
+    dims: ParallelDims,
+    mesh: DeviceMesh,
+    fsdp: FSDPConfig | None = None,
+    activation_checkpointing: bool = False,
+    compile_layers: bool = False,
+    loss_parallel: bool = True,
+) -> list[tuple[int, Llama3Stage]]:
+    """Cut ``model`` into this rank's pipeline stages and shard them; returns ``(stage_index, stage)`` pairs.
+
+    ``loss_parallel`` leaves the logits vocab-sharded under TP (compute the loss in ``loss_parallel()``);
+    it applies without pipeline parallelism, where the last stage returns gathered logits instead.
+    """
+    dims.validate_model(model.config)
+    model.config._attn_implementation = register_parallel_attention()
+    model.config.use_cache = False
+    if activation_checkpointing:
+        # The model's GradientCheckpointingLayer checkpoints each decoder layer's forward (FSDP hooks stay outside).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    stages = split_into_stages(model, dims, submesh(mesh, "pp").get_local_rank())
+    for _, stage in stages:
+        if dims.tp > 1:
+            apply_tensor_parallel(stage, submesh(mesh, "tp"), loss_parallel=loss_parallel and dims.pp == 1)
+        if dims.cp > 1:
+            stage.cp_group = submesh(mesh, "cp").get_group()
+        if compile_layers:
+            for layer in stage.model.layers.values():
+                layer.compile()
+        if dims.fsdp_enabled:
+            apply_fsdp(stage, fsdp_mesh(mesh, dims), fsdp or FSDPConfig())
+    logger.info("Parallelized %s into stages %s", dims, [index for index, _ in stages])
+    return stages
