@@ -5,46 +5,18 @@ from __future__ import annotations
 import pytest
 
 from evaluation.needle import default_corpus
+from hf_llama3 import load_tokenizer
 
 
 @pytest.fixture(scope="session")
-def llama3_tokenizer():
-    """Meta's reference Llama 3 tokenizer (tiktoken format, shipped in llama-models)."""
-    from llama_models.llama3.tokenizer import Tokenizer
-
-    return Tokenizer.get_instance()
-
-
-class MetaTokenizerAdapter:
-    """The transformers-style view (encode/decode/special ids) of Meta's tokenizer that evaluation code uses.
-
-    Stands in for ``hf_llama3.load_tokenizer()`` until that lands; the token ids are Meta's own.
-    """
-
-    def __init__(self, tokenizer) -> None:
-        self._tokenizer = tokenizer
-        self.bos_token_id = tokenizer.bos_id
-        self.eos_token_id = tokenizer.eos_id
-        self._special_ids = set(tokenizer.special_tokens.values())
-        self.pad_token_id = tokenizer.pad_id  # <|finetune_right_pad_id|>
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tokenizer.encode(text, bos=add_special_tokens, eos=False)
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        if skip_special_tokens:
-            ids = [i for i in ids if i not in self._special_ids]
-        return self._tokenizer.decode(ids)
+def tokenizer():
+    """The project's Llama 3 tokenizer (converted from Meta's tiktoken file in llama-models)."""
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def hf_style_tokenizer(llama3_tokenizer):
-    return MetaTokenizerAdapter(llama3_tokenizer)
-
-
-@pytest.fixture(scope="session")
-def encode(llama3_tokenizer):
-    return lambda text: llama3_tokenizer.encode(text, bos=False, eos=False)
+def encode(tokenizer):
+    return lambda text: tokenizer.encode(text, add_special_tokens=False)
 
 
 @pytest.fixture(scope="session")

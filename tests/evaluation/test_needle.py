@@ -38,8 +38,8 @@ def corpus():
     return default_corpus()
 
 
-def test_prompt_is_exact_length_and_holds_the_needles(hf_style_tokenizer, corpus):
-    tok = hf_style_tokenizer
+def test_prompt_is_exact_length_and_holds_the_needles(tokenizer, corpus):
+    tok = tokenizer
     haystack = build_haystack(tok, corpus, 1000)
     needles = [("amber-falcon", "1234567"), ("jade-comet", "7654321")]
     for depth in (0.0, 0.5, 1.0):
@@ -54,8 +54,8 @@ def test_prompt_is_exact_length_and_holds_the_needles(hf_style_tokenizer, corpus
         build_prompt(tok, haystack, 20, 0.5, needles, "jade-comet")
 
 
-def test_oracle_scores_one_and_passes_the_gate(hf_style_tokenizer, corpus, tmp_path):
-    gate = needle_gate(CopyingOracle(hf_style_tokenizer), hf_style_tokenizer, [128, 256, 512], corpus=corpus)
+def test_oracle_scores_one_and_passes_the_gate(tokenizer, corpus, tmp_path):
+    gate = needle_gate(CopyingOracle(tokenizer), tokenizer, [128, 256, 512], corpus=corpus)
     assert gate.passed and gate.reasons == []
     assert gate.scores.scores.shape == (3, 5) and gate.scores.mean_score == 1.0
     path = plot_needle_heatmap(gate.scores, tmp_path / "needle.png")
@@ -63,9 +63,9 @@ def test_oracle_scores_one_and_passes_the_gate(hf_style_tokenizer, corpus, tmp_p
     assert image.shape[0] > 100 and image[..., :3].std() > 0.05
 
 
-def test_short_window_fails_deep_needles_with_reasons(hf_style_tokenizer, corpus):
-    oracle = CopyingOracle(hf_style_tokenizer, window=200)
-    gate = needle_gate(oracle, hf_style_tokenizer, [128, 512], depths=[0.0, 0.5, 1.0], corpus=corpus)
+def test_short_window_fails_deep_needles_with_reasons(tokenizer, corpus):
+    oracle = CopyingOracle(tokenizer, window=200)
+    gate = needle_gate(oracle, tokenizer, [128, 512], depths=[0.0, 0.5, 1.0], corpus=corpus)
     assert not gate.passed
     assert gate.scores.scores.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]
     assert gate.reasons == [
@@ -74,36 +74,34 @@ def test_short_window_fails_deep_needles_with_reasons(hf_style_tokenizer, corpus
     ]
 
 
-def test_multi_needle(hf_style_tokenizer, corpus):
+def test_multi_needle(tokenizer, corpus):
     config = dict(num_needles=4, num_queried=2, trials=2)
-    perfect = needle_gate(CopyingOracle(hf_style_tokenizer), hf_style_tokenizer, [400], [0.0, 0.5], corpus, **config)
+    perfect = needle_gate(CopyingOracle(tokenizer), tokenizer, [400], [0.0, 0.5], corpus, **config)
     assert perfect.passed and len(perfect.scores.records) == 2 * 2 * 2
     assert len({r["value"] for r in perfect.scores.records}) == 8  # fresh values per trial and query
     # With the needles spread from depth 0 to the end, a 200-token window sees only the later ones.
-    partial = needle_gate(
-        CopyingOracle(hf_style_tokenizer, window=200), hf_style_tokenizer, [400], [0.0], corpus, **config
-    )
+    partial = needle_gate(CopyingOracle(tokenizer, window=200), tokenizer, [400], [0.0], corpus, **config)
     assert 0.0 < partial.scores.mean_score < 1.0
     assert not partial.passed
 
 
-def test_untrained_model_scores_near_zero(hf_style_tokenizer, corpus):
+def test_untrained_model_scores_near_zero(tokenizer, corpus):
     torch.manual_seed(0)
     model = Llama3ForCausalLM(Llama3Config.from_preset("tiny")).eval()
-    result = run_needle(model, hf_style_tokenizer, NeedleConfig(lengths=[64, 160], depths=[0.0, 0.5, 1.0]), corpus)
+    result = run_needle(model, tokenizer, NeedleConfig(lengths=[64, 160], depths=[0.0, 0.5, 1.0]), corpus)
     assert result.scores.shape == (2, 3)
     assert result.mean_score == 0.0
     assert all(len(r["generated"]) > 0 for r in result.records)  # it did generate, just not the needle
 
 
-def test_bad_input_is_rejected(hf_style_tokenizer, corpus):
+def test_bad_input_is_rejected(tokenizer, corpus):
     foreign = LlamaForCausalLM(
         LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     )
     with pytest.raises(ValueError, match="does not belong to this model"):
-        run_needle(foreign, hf_style_tokenizer, NeedleConfig(lengths=[64]), corpus)
+        run_needle(foreign, tokenizer, NeedleConfig(lengths=[64]), corpus)
     with pytest.raises(ValueError, match="haystack corpus is empty"):
-        run_needle(CopyingOracle(hf_style_tokenizer), hf_style_tokenizer, NeedleConfig(lengths=[64]), ["", "  "])
+        run_needle(CopyingOracle(tokenizer), tokenizer, NeedleConfig(lengths=[64]), ["", "  "])
     with pytest.raises(ValueError, match="depths must be fractions"):
         NeedleConfig(lengths=[64], depths=[1.5])
     with pytest.raises(ValueError, match="num_queried"):
