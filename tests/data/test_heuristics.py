@@ -1,0 +1,154 @@
+"""Heuristic filters: one literal document per drop reason, and kept documents of each domain."""
+
+import functools
+import random
+
+import pytest
+import wordfreq
+
+from data.heuristics import (
+    HeuristicFilter,
+    HeuristicsConfig,
+    check_document,
+    dup_ngram_char_ratio,
+    reference_frequencies,
+    token_kl,
+)
+
+PROSE = (
+    "The river that runs through the old town was once the main road for merchants who carried salt, "
+    "wool and timber to the coast. Over the centuries the banks were raised with stone, and small bridges "
+    "were built so that farmers could bring their animals to the weekly market. Today most of the trade has "
+    "moved to the highway, but visitors still walk along the water in the evening, and the museum near the "
+    "harbour keeps the ledgers of the families that worked there for generations. Children learn to fish "
+    "from the lower steps, while their grandparents talk about floods that reached the church doors."
+)
+CODE = '''def merge(left, right):
+    """Merge two sorted lists into one sorted list."""
+    result = []
+    i = j = 0
+    while i < len(left) and j < len(right):
+        if left[i] <= right[j]:
+            result.append(left[i])
+            i += 1
+        else:
+            result.append(right[j])
+            j += 1
+    result.extend(left[i:])
+    result.extend(right[j:])
+    return result
+'''
+CONFIG = HeuristicsConfig()
+
+
+@functools.lru_cache
+def _common(min_len: int, max_len: int) -> list[str]:
+    return [w for w in wordfreq.top_n_list("en", 5000) if w.isalpha() and min_len <= len(w) <= max_len]
+
+
+def varied(n: int, seed: int, min_len: int = 1, max_len: int = 30) -> str:
+    """``n`` distinct common English words (no repeated n-grams), drawn from wordfreq's top list."""
+    words = _common(min_len, max_len)
+    return " ".join(random.Random(seed).sample(words, n))
+
+
+def _outliers(n: int) -> str:
+    rng = random.Random(0)
+    return " ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(rng.randint(4, 9))) for _ in range(n))
+
+
+CASES = {
+    "dup_line_ratio": "\n".join(["ERROR worker-3 connection refused"] * 8 + [PROSE]),
+    "dup_line_char_ratio": "\n".join(
+        [PROSE, PROSE[:200], PROSE[:200]] + [f"line number {i} is unique here." for i in range(8)]
+    ),
+    "dup_para_ratio": "\n\n".join([PROSE[:300], PROSE[:300], PROSE[:300], PROSE]),
+    "top_ngram_ratio": PROSE + " " + "click here " * 40,
+    "dup_ngram_coverage": PROSE + " " + PROSE,
+    "too_few_words": "The river runs through the old town and the market is on Monday.",
+    "too_many_words": PROSE,  # with max_words lowered below
+    "mean_word_length": varied(80, 1, min_len=11) + " the and with.",
+    "symbol_word_ratio": PROSE + " " + " ".join(f"#tag{i}" for i in range(20)),
+    "bullet_lines": PROSE + "\n" + "\n".join(f"• {varied(8, i)}." for i in range(30)),
+    "ellipsis_lines": "\n".join(f"{s.strip()}..." for s in PROSE.split(",")),
+    "alpha_words_ratio": PROSE + " " + " ".join(str(i * 7919 % 1000) for i in range(60)),
+    "few_stop_words": " ".join(
+        w
+        for w in PROSE.split()
+        if w.lower().strip(",.") not in {"the", "be", "to", "of", "and", "that", "have", "with"}
+    ),
+    "lorem_ipsum": PROSE + " Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+    "punct_lines_ratio": "\n".join(PROSE.replace(".", "").replace(",", "").split(" the ")),
+    "short_lines_ratio": PROSE + "\n" + "\n".join(f"{varied(2, i, max_len=9)}." for i in range(30)),
+    "newline_word_ratio": "\n".join(f"{varied(3, i, min_len=9, max_len=10)}." for i in range(40)),
+    "dirty_words": PROSE + " Hot fuck videos, free porn, sluts, fuck fuck and more porn here.",
+    "token_kl": PROSE[:250] + " " + _outliers(150) + ".",
+}
+OVERRIDES = {
+    "too_many_words": {"max_words": 60},
+    "dup_line_char_ratio": {"max_dup_line_ratio": None},
+    "dup_para_ratio": {"max_dup_line_ratio": None, "max_dup_line_char_ratio": None},
+    "newline_word_ratio": {"min_stop_words": None},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(CASES))
+def test_each_drop_reason_on_a_literal_document(reason):
+    config = HeuristicsConfig(**OVERRIDES.get(reason, {}))
+    assert check_document(CASES[reason], config) == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "lang", "domain"),
+    [
+        (PROSE, "en", "general"),
+        (CODE, "en", "code"),
+        (PROSE + r" We have $\frac{a}{b} = \sum_i x_i^{2}$ here.", "en", "math"),
+    ],
+)
+def test_kept_documents(text, lang, domain):
+    assert check_document(text, CONFIG, lang=lang, domain=domain) is None
+
+
+def test_code_is_judged_by_repetition_only():
+    assert check_document(CODE, CONFIG, domain="general") is not None  # prose rules would drop it
+    assert check_document(CODE, CONFIG, domain="code") is None
+    assert check_document(CODE * 3, CONFIG, domain="code") == "dup_line_ratio"
+
+
+def test_german_and_japanese_documents_use_language_specific_rules():
+    german = (
+        "Der Fluss, der durch die Altstadt fließt, war einst die wichtigste Straße der Händler, die Salz, Wolle "
+        "und Holz an die Küste brachten. Im Laufe der Jahrhunderte wurden die Ufer mit Steinen erhöht, und kleine "
+        "Brücken wurden gebaut, damit die Bauern ihre Tiere zum wöchentlichen Markt bringen konnten. Heute ist der "
+        "Handel größtenteils auf die Autobahn umgezogen, aber Besucher gehen am Abend noch immer am Wasser entlang."
+    )
+    assert check_document(german, CONFIG, lang="de") is None  # no English stop-word rule
+    japanese = (
+        "川は古い町を流れ、かつては商人が塩や羊毛を海岸へ運ぶ主要な道でした。今では多くの人が夕方に川沿いを歩きます。"
+    )
+    assert check_document(japanese, CONFIG, lang="ja") is None  # no word-count rules without spaces
+
+
+def test_kl_uses_wordfreq_and_any_corpus_reference():
+    english = reference_frequencies("en")
+    words = PROSE.lower().replace(",", "").replace(".", "").split()
+    assert token_kl(words, english) < 6.0 < token_kl(_outliers(80).split(), english)
+    corpus = {"merchants": 0.5, "salt": 0.5}
+    assert token_kl(["merchants", "salt"], corpus) == pytest.approx(0.0)
+
+
+def test_dup_ngram_ratio_matches_a_hand_count():
+    # "a b c a b c": the second "a b c" repeats the first 3-gram, so 3 of 6 equal-length words are covered.
+    assert dup_ngram_char_ratio(["a", "b", "c", "a", "b", "c"], 3) == pytest.approx(0.5)
+
+
+def test_filter_step_counts_reasons():
+    step = HeuristicFilter()
+    from datatrove.data import Document
+
+    docs = [Document(text=PROSE, id="ok"), Document(text=CASES["lorem_ipsum"], id="bad")]
+    assert [d.id for d in step.run(docs)] == ["ok"]
+    assert step.stats["dropped_lorem_ipsum"].total == 1
+    with pytest.raises(ValueError, match="must be in"):
+        HeuristicsConfig(max_dup_line_ratio=1.5)
