@@ -154,12 +154,12 @@ def check_document(text: str, config: HeuristicsConfig, lang: str = "en", domain
     # Repetition [3.1.1 duplicated n-gram coverage]: every domain.
     non_empty = [ln for ln in lines if ln.strip()]
     counts = Counter(non_empty)
-    if c.max_dup_line_ratio is not None and non_empty:
-        if sum(v for v in counts.values() if v > 1) / len(non_empty) > c.max_dup_line_ratio:
-            return "dup_line_ratio"
-    if c.max_dup_line_char_ratio is not None and non_empty:
-        if sum(len(k) * v for k, v in counts.items() if v > 1) / max(1, len(text)) > c.max_dup_line_char_ratio:
-            return "dup_line_char_ratio"
+    dup_lines = sum(v for v in counts.values() if v > 1)
+    dup_line_chars = sum(len(k) * v for k, v in counts.items() if v > 1)
+    if c.max_dup_line_ratio is not None and non_empty and dup_lines / len(non_empty) > c.max_dup_line_ratio:
+        return "dup_line_ratio"
+    if c.max_dup_line_char_ratio is not None and dup_line_chars / max(1, len(text)) > c.max_dup_line_char_ratio:
+        return "dup_line_char_ratio"
     paras = [p for p in text.split("\n\n") if p.strip()]
     if c.max_dup_para_ratio is not None and len(paras) > 1:
         dup = sum(v for v in Counter(paras).values() if v > 1)
@@ -220,9 +220,9 @@ def check_document(text: str, config: HeuristicsConfig, lang: str = "en", domain
             short = sum(len(ln.strip()) < c.short_line_chars for ln in non_empty)
             if short / len(non_empty) > c.max_short_lines_ratio:
                 return "short_lines_ratio"
-        if spaced and c.max_newline_word_ratio is not None and n_words:
-            if text.count("\n") / n_words > c.max_newline_word_ratio:
-                return "newline_word_ratio"
+        newline_ratio = text.count("\n") / max(1, n_words)
+        if spaced and c.max_newline_word_ratio is not None and n_words and newline_ratio > c.max_newline_word_ratio:
+            return "newline_word_ratio"
 
     # Dirty words [3.1.1]: adult content that escaped the domain block lists.
     if c.max_dirty_word_ratio is not None and n_words:
