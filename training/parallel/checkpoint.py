@@ -1,0 +1,178 @@
+"""Distributed checkpoints with torch DCP: save and resume any layout, reshard across layouts, export to HF.
+
+Every tensor is saved under its Hugging Face parameter name (``Llama3Stage`` keeps them), optimizer state is
+flattened to ``state.<param name>.<key>``, so a checkpoint written at TP2 x PP2 loads at FSDP4 or on one
+process: DCP reads each rank's shards of whatever layout asks. A checkpoint holds the model, the optimizer,
+the LR-schedule step, the caller's data-loader state and each rank's RNG state.
+
+Atomicity: a step is written to ``step_<n>.tmp/``, renamed to ``step_<n>/`` once every rank has finished, and
+only then is ``latest`` (a one-line file, replaced with ``os.replace``) pointed at it. A process killed during
+a save leaves a ``.tmp`` folder that is never read and is removed by the next save; ``latest`` always names a
+complete checkpoint. The folder must be shared by all ranks (one file system).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from hf_llama3 import Llama3Config, Llama3ForCausalLM
+
+from .engine import ParallelTrainer
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest"
+_OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# Fault injection for the crash tests: "<point>:<step>:<rank>" makes that rank SIGKILL itself at that point.
+FAULT_ENV = "HF_LLAMA3_FAULT_INJECT"
+
+
+def maybe_inject_fault(point: str, step: int) -> None:
+    """SIGKILL this process if ``FAULT_ENV`` names ``point`` at ``step`` for this rank (crash tests only)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    want_point, want_step, want_rank = spec.split(":")
+    if want_point == point and int(want_step) == step and int(want_rank) == dist.get_rank():
+        logger.warning("Fault injection: killing rank %d at %s step %d", dist.get_rank(), point, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _step_dir(folder: Path, step: int) -> Path:
+    return folder / f"step_{step:08d}"
+
+
+def _app_state(trainer: ParallelTrainer) -> dict[str, Any]:
+    """This rank's share of model and optimizer state, keyed by HF parameter names."""
+    model: dict[str, Any] = {}
+    optimizer: dict[str, Any] = {}
+    for (_, stage), optim in zip(trainer.stages, trainer.optimizers):
+        model.update(get_model_state_dict(stage))
+        optimizer.update(get_optimizer_state_dict(stage, optim, options=_OPTIM_OPTIONS))
+    return {"model": model, "optimizer": optimizer}
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The complete checkpoint ``latest`` points to, or ``None`` when there is none yet."""
+    pointer = Path(folder) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(folder) / pointer.read_text().strip()
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete DCP checkpoint.")
+    return path
+
+
+def save_checkpoint(
+    trainer: ParallelTrainer, folder: str | Path, extra: dict[str, Any] | None = None, keep_last: int = 2
+) -> Path:
+    """Save the trainer at its current step (collective); ``extra`` is the caller's JSON-serialisable state
+    (e.g. the data loader's position).
+
+    Returns the checkpoint folder. Keeps the newest ``keep_last`` checkpoints (0 keeps all).
+    """
+    folder = Path(folder)
+    step = trainer.step_count
+    final, tmp = _step_dir(folder, step), Path(f"{_step_dir(folder, step)}.tmp")
+    rank = dist.get_rank()
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("step_*.tmp"):
+            shutil.rmtree(stale)
+    dist.barrier()
+    state = _app_state(trainer)
+    # The caller's state is stored as one JSON string (DCP would flatten a dict, and drop an empty one).
+    state["train"] = {"step": step, "extra": json.dumps(extra or {})}
+    dcp.save(state, checkpoint_id=str(tmp))
+    rng = {"world_size": dist.get_world_size(), "cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, tmp / f"rng_rank{rank}.pt")
+    maybe_inject_fault("save", step)
+    dist.barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = folder / f"{LATEST}.tmp"
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, folder / LATEST)
+        if keep_last > 0:
+            for old in sorted(folder.glob("step_????????"))[:-keep_last]:
+                shutil.rmtree(old)
+    dist.barrier()
+    logger.info("Saved checkpoint %s", final)
+    return final
+
+
+def load_checkpoint(trainer: ParallelTrainer, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint saved under any layout into ``trainer`` (collective); returns the saved ``extra``."""
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} is not a DCP checkpoint folder (no .metadata file).")
+    state = _app_state(trainer)
+    state["train"] = {"step": 0, "extra": ""}
+    dcp.load(state, checkpoint_id=str(path))
+    for (_, stage), optim, scheduler in zip(trainer.stages, trainer.optimizers, trainer.lr_schedulers):
+        set_model_state_dict(stage, state["model"], options=StateDictOptions(strict=False))
+        set_optimizer_state_dict(stage, optim, state["optimizer"], options=_OPTIM_OPTIONS)
+        # The LR follows the step; the loaded param-group LR already equals it.
+        scheduler.last_epoch = state["train"]["step"]
+        scheduler._last_lr = [group["lr"] for group in optim.param_groups]
+    trainer.step_count = state["train"]["step"]
+    rng_file = path / f"rng_rank{dist.get_rank()}.pt"
+    if rng_file.is_file():
+        rng = torch.load(rng_file, weights_only=True)
+        if rng["world_size"] == dist.get_world_size():
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        else:
+            logger.warning(
+                "RNG state saved with %d ranks, not restored at %d.", rng["world_size"], dist.get_world_size()
+            )
+    logger.info("Loaded checkpoint %s at step %d", path, trainer.step_count)
+    return json.loads(state["train"]["extra"])
+
+
+def export_hf(checkpoint: str | Path, model_config: Llama3Config, output_dir: str | Path) -> Path:
+    """Write a ``save_pretrained`` folder from a DCP checkpoint of any layout (one process, no process group).
+
+    The folder is written next to ``output_dir`` and renamed into place, so a crash never leaves a partial export.
+    """
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if not (checkpoint / ".metadata").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a DCP checkpoint folder (no .metadata file).")
+    model = Llama3ForCausalLM(model_config)
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    model.load_state_dict(state["model"])
+    tmp = output_dir.with_name(output_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    logger.info("Exported %s to %s", checkpoint, output_dir)
+    return output_dir
