@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from hypothesis import strategies as st
 from llama_models.datatypes import BuiltinTool, RawMessage, StopReason, ToolCall, ToolPromptFormat
 from llama_models.llama3.chat_format import ChatFormat
 from llama_models.llama3.tokenizer import Tokenizer
@@ -90,3 +93,134 @@ def meta_encode_dialog(messages, *, add_generation_prompt=False, **options) -> l
     if add_generation_prompt:
         tokens += chat._encode_header("assistant")
     return tokens
+
+
+@functools.cache
+def prompt_format_examples() -> list[tuple[str, str]]:
+    """(input prompt, model response) pairs of Meta's llama_models/llama3_1/prompt_format.md, in order."""
+    import llama_models
+
+    md = (Path(llama_models.__file__).parent / "llama3_1" / "prompt_format.md").read_text(encoding="utf-8")
+    inputs = re.findall(r"##### Input Prompt Format\n```\n(.*?)\n```", md, re.S)
+    responses = re.findall(r"##### Model Response Format\n```\n(.*?)\n```", md, re.S)
+    assert len(inputs) == len(responses) == 7, "prompt_format.md changed layout"
+    return list(zip(inputs, responses))
+
+
+def _md_block(text: str, start: str, end: str) -> str:
+    begin = text.index(start) + len(start)
+    return text[begin : text.index(end, begin)]
+
+
+@functools.cache
+def prompt_format_dialogs() -> dict[int, tuple[list[dict], dict]]:
+    """Our (messages, options) for the dialogs of prompt_format.md examples 1-6 (0 is base-model text)."""
+    examples = prompt_format_examples()
+    gold = {
+        "role": "user",
+        "content": "Search the web for the latest price of 1oz gold?",
+    }
+    pi_result = _md_block(examples[4][0], "ipython<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant")
+    json_tool = json.loads(_md_block(examples[5][0], "JSON format:\n", "\n\nReturn function calls in JSON format."))
+    tag_function = json.loads(_md_block(examples[6][0], "Music site':\n", "\n\nThink very carefully"))
+    songs_user = {"role": "user", "content": "Use tools to get latest trending songs"}
+    system = {"role": "system", "content": "You are a helpful assistant.\n"}
+    dated = {"date_string": "21 September 2024"}
+    return {
+        1: (
+            [
+                {"role": "system", "content": "You are a helpful assistant"},
+                {"role": "user", "content": "Answer who are you in the form of jeopardy?"},
+            ],
+            {},
+        ),
+        2: ([system, gold], {"builtin_tools": ["brave_search", "wolfram_alpha"], **dated}),
+        # Example 3 writes the system turn by hand ("Environment: ipython" without a trailing newline).
+        3: (
+            [
+                {"role": "system", "content": "Environment: ipython"},
+                {
+                    "role": "user",
+                    "content": "Write code to check if number is prime, use that to see if the number 7 is prime",
+                },
+            ],
+            {},
+        ),
+        4: (
+            [
+                {"role": "user", "content": "What is the 100th decimal of pi?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"function": {"name": "wolfram_alpha", "arguments": {"query": "100th decimal of pi"}}}
+                    ],
+                },
+                {"role": "ipython", "content": pi_result},
+            ],
+            {"builtin_tools": ["brave_search", "wolfram_alpha"]},
+        ),
+        5: ([system, songs_user], {"tools": [json_tool], **dated}),
+        6: (
+            [system, songs_user],
+            {"tools": [{"type": "function", "function": tag_function}], "tool_prompt_format": "function_tag", **dated},
+        ),
+    }
+
+
+# --- random dialogs for property tests ---
+ANY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=24)
+# Text whose rendering tokenizes like Meta's piecewise encoding: no special-token text, and no leading
+# whitespace holding a line break (it would merge with the header's "\n\n"; see chat_format's docstring).
+TEMPLATE_TEXT = ANY_TEXT.filter(lambda s: "<|" not in s and not re.match(r"\s*[\r\n]", s))
+_ARG_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="\"'{}\\"), max_size=12
+)
+_ARGS = st.dictionaries(
+    st.from_regex(r"[a-z][a-z_]{0,7}", fullmatch=True),
+    st.one_of(st.integers(-1000, 1000), st.booleans(), st.none(), _ARG_TEXT),
+    max_size=3,
+)
+_CODE = st.sampled_from(["print(1 + 1)", "import math\nprint(math.pi)", "x = [i * i for i in range(5)]\nx"])
+
+
+@st.composite
+def dialogs(draw, text=ANY_TEXT):
+    """A random valid dialog and its options: every role, built-in and custom tools, multi-turn."""
+    fmt = draw(st.sampled_from(["json", "function_tag"]))
+    builtin = draw(st.lists(st.sampled_from(BUILTIN_TOOLS), unique=True, max_size=3))
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"custom_{i}",
+                "description": draw(text),
+                "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
+            },
+        }
+        for i in range(draw(st.integers(0, 2)))
+    ]
+    declared = builtin + [tool["function"]["name"] for tool in tools]
+    options = {"tool_prompt_format": fmt, "builtin_tools": builtin, "tools": tools}
+    options["date_string"] = draw(st.none() | st.sampled_from(["21 September 2024", "26 Jul 2024"]))
+    messages = [{"role": "system", "content": draw(text)}] if draw(st.booleans()) else []
+    rounds = draw(st.integers(1, 3))
+    for r in range(rounds):
+        messages.append({"role": "user", "content": draw(text)})
+        if declared and draw(st.booleans()):
+            name = draw(st.sampled_from(declared))
+            if name == "code_interpreter":
+                arguments = {"code": draw(_CODE)}
+            elif name in BUILTIN_TOOLS:
+                arguments = {"query": draw(_ARG_TEXT)}
+            else:
+                arguments = draw(_ARGS)
+            call = {"type": "function", "function": {"name": name, "arguments": arguments}}
+            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            messages.append({"role": draw(st.sampled_from(["ipython", "tool"])), "content": draw(text)})
+        if r < rounds - 1 or draw(st.booleans()):
+            answer = {"role": "assistant", "content": draw(text)}
+            if draw(st.booleans()):
+                answer["stop_reason"] = draw(st.sampled_from(["end_of_turn", "end_of_message"]))
+            messages.append(answer)
+    options["add_generation_prompt"] = messages[-1]["role"] != "assistant" and draw(st.booleans())
+    return messages, options
