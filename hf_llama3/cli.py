@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from huggingface_hub.errors import StrictDataclassError
+
 # name -> ("module:function", one-line help). Later stages add their line here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
@@ -20,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # Post-training [paper 4] (training/reward.py, rejection_sampling.py, sft.py, dpo.py, averaging.py, rounds.py).
     "average": ("training.averaging:main", "average checkpoints (uniform or weighted), sharded safetensors [4.1.5]"),
     "reward": ("training.reward:main", "train a reward model on ranked 2-3 responses per prompt [4.1.2]"),
+    # 4D-parallel pre-training engine and Nanotron bridge [3.3.2] (training/parallel/, training/nanotron/).
+    "pretrain": ("training.parallel.launch:main", "pre-train with TP/CP/PP/FSDP (torchrun or one process) [3.3.2]"),
+    "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
 }
 
 
@@ -29,7 +34,7 @@ class CLIError(Exception):
 
 # Errors that carry a message meant for the user (bad config, bad checkpoint, bad dataset). Set
 # HF_LLAMA3_DEBUG=1 to get the traceback instead.
-USER_ERRORS = (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, StrictDataclassError)
 
 
 def _usage() -> str:

@@ -25,20 +25,23 @@ BATCH, SEQ = 8, 32
 OPTIMIZER = OptimizerConfig(lr=1e-3, eps=1e-5, weight_decay=0.1, warmup_steps=1, decay_steps=2, min_lr_ratio=0.1)
 
 
+# A CPU-sized model: 8 layers (enough for 4 pipeline stages), 8 query / 4 KV heads (TP4 with GQA), vocab 1024.
+TINY_OVERRIDES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    vocab_size=1024,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
 def tiny_config(**overrides) -> Llama3Config:
-    """A CPU-sized config: 8 layers (enough for 4 pipeline stages), 8 query / 4 KV heads (TP4 with GQA), vocab 1024."""
-    values = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        vocab_size=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return Llama3Config.from_preset("tiny", **{**values, **overrides})
+    """The ``tiny`` preset with ``TINY_OVERRIDES`` (and ``overrides``)."""
+    return Llama3Config.from_preset("tiny", **{**TINY_OVERRIDES, **overrides})
 
 
 def make_batch(step: int, batch: int = BATCH, seq: int = SEQ, vocab: int = 1024) -> dict[str, torch.Tensor]:
