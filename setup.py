@@ -26,6 +26,7 @@ EXTRAS = {
     # `--no-deps` by the Makefile: its dependencies would replace the `fasttext` module.
     "data": [
         "datatrove>=0.6",
+        "orjson>=3.9",  # datatrove's JSONL reader/writer
         "resiliparse>=0.15",
         "rensa>=0.2",
         "fasttext>=0.9.3",
