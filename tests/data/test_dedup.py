@@ -1,6 +1,7 @@
 """Dedup: URL (newest crawl wins), MinHash recall against the LSH S-curve and against datatrove's own
 4-stage MinHash, CCNet line dedup (lines at <= N repeats survive)."""
 
+import gzip
 import json
 import random
 
@@ -124,10 +125,10 @@ def test_datatrove_sharded_minhash_agrees_on_clear_cases(tmp_path):
         )
         executor.run()
         previous = executor
-    import gzip
-
-    out_files = list((tmp_path / "out").glob("*"))
-    theirs = [json.loads(line)["id"] for f in out_files for line in gzip.open(f, "rt")]
+    theirs = []
+    for path in (tmp_path / "out").glob("*"):
+        with gzip.open(path, "rt") as f:
+            theirs += [json.loads(line)["id"] for line in f]
     ours = [d.id for d in MinHashDeduplicator(config).run([doc(t, i) for t, i in zip(texts, ids)])]
     assert sorted(theirs) == sorted(ours) == sorted(i for i in ids if not i.endswith("copy"))
 
