@@ -417,15 +417,17 @@ class Llama3Model(Llama3PreTrainedModel):
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """``sum(CE(hidden @ weight.T, labels)) / normalizer`` computed over chunks of tokens.
 
-    The logits of one chunk exist at a time. Gradients for ``hidden`` and ``weight`` are computed in the same
-    pass (softmax minus one-hot, times the upstream gradient in ``backward``), so the chunk's logits are never
-    stored or recomputed: the same three matmuls as the unchunked loss, a fraction of the memory.
+    The logits of one chunk exist at a time, and are turned into their own gradient in place (softmax minus
+    one-hot), so nothing of size ``[tokens, vocab]`` is stored or recomputed: the same three matmuls as the
+    unchunked loss, a fraction of the memory. Gradients are computed in the forward pass and scaled by the upstream
+    gradient in ``backward`` (so the graph through this node can be backpropagated once). The weight gradient is
+    accumulated in fp32 across chunks.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size, normalizer):
         needs_hidden_grad, needs_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden) if needs_hidden_grad else None
+        grad_hidden = torch.empty_like(hidden) if needs_hidden_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight_grad else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -434,20 +436,26 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             valid = y != IGNORE_INDEX
             y_safe = torch.where(valid, y, 0)
             logits = (h @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
             target = logits.gather(1, y_safe[:, None]).squeeze(1)
+            row_max = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(row_max).exp_()  # in place: exp(logit - max), no second [chunk, vocab] buffer
+            sum_exp = probs.sum(dim=-1, keepdim=True)
+            lse = (sum_exp.log() + row_max).squeeze(1)
             loss_sum += ((lse - target) * valid).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
-            # d(sum CE)/d(logits) = softmax - onehot on valid rows; reuse the logits buffer for it.
-            grad_logits = logits.sub_(lse[:, None]).exp_()
-            grad_logits[torch.arange(len(y), device=y.device), y_safe] -= 1
-            grad_logits *= (valid / normalizer)[:, None]
-            grad_logits = grad_logits.to(weight.dtype)
+            # d(sum CE)/d(logits) = softmax - onehot on counted rows, divided by the normalizer.
+            probs.div_(sum_exp)
+            probs[torch.arange(len(y), device=y.device), y_safe] -= 1
+            probs.mul_((valid / normalizer)[:, None])
+            grad_logits = probs.to(weight.dtype)
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+                torch.mm(grad_logits, weight, out=grad_hidden[start : start + chunk_size])
             if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h).float()
+                if weight.dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:
+                    grad_weight += (grad_logits.T @ h).float()
         ctx.grads = (grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
         return loss_sum / normalizer
 
@@ -456,9 +464,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.grads
         del ctx.grads
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
+            grad_weight.mul_(grad_loss.to(grad_weight.dtype))
         return grad_hidden, grad_weight, None, None, None
 
 
