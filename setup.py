@@ -56,6 +56,10 @@ EXTRAS = {
 }
 EXTRAS["dev"] += EXTRAS["eval"]
 EXTRAS["dev"] += EXTRAS["data"]
+# training/nanotron: tests check the bridge against Nanotron 0.4's own config classes (its package itself cannot be
+# imported: circular import as shipped, see training/nanotron/convert.py). Pure Python, torch requirement >=1.13.
+EXTRAS["nanotron"] = ["nanotron==0.4", "dacite>=1.8"]
+EXTRAS["dev"] += EXTRAS["nanotron"]
 
 setup(
     name="hf-llama3",

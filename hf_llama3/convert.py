@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 FORMATS = ("ours", "llama", "meta")
 # Targets implemented outside hf_llama3 (which must not import the training package): "module:function" strings
 # taking (src, dst, **options), imported only when used.
-EXTERNAL_TARGETS: dict[str, str] = {}
+EXTERNAL_TARGETS: dict[str, str] = {
+    # Nanotron's checkpoint layout (fused qkv/gate_up, one safetensors per TP shard); back: training.nanotron.convert.
+    "nanotron": "training.nanotron.convert:convert_to_nanotron",
+}
 
 # Config fields that exist only in our config (dropped for stock Llama) or only in stock Llama (dropped for ours).
 _OUR_ONLY_FIELDS = {"loss_chunk_size"}

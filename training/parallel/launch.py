@@ -13,6 +13,7 @@ annealing) builds on ``ParallelTrainer`` and is not in this file.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -164,10 +165,8 @@ def _init_distributed(device: str) -> bool:
     return launched
 
 
-def _parse(argv: Sequence[str]) -> PretrainConfig:
-    parser = stage_parser("pretrain", "Pre-train a Llama 3 model with 4D parallelism (TP, CP, PP, FSDP).")
-    args = parser.parse_args(list(argv))
-    # `--set parallel.tp=2` updates one field of a nested dict.
+def pretrain_config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """The recipe from ``--config`` and ``--set`` (``--set parallel.tp=2`` updates one field of a nested section)."""
     nested = [pair for pair in args.overrides if "." in pair.partition("=")[0]]
     args.overrides = [pair for pair in args.overrides if pair not in nested]
     config = load_stage_config(PretrainConfig, args)
@@ -221,7 +220,8 @@ def run(config: PretrainConfig) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-llama3 pretrain`` and ``python -m training.parallel.launch``."""
-    config = _parse(sys.argv[1:] if argv is None else argv)
+    parser = stage_parser("pretrain", "Pre-train a Llama 3 model with 4D parallelism (TP, CP, PP, FSDP).")
+    config = pretrain_config_from_args(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _init_distributed(config.device)
     if dist.get_rank() != 0:

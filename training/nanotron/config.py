@@ -1,0 +1,153 @@
+"""``hf-llama3 nanotron-config``: a Nanotron training YAML for our model config and parallel layout.
+
+The input is the ``hf-llama3 pretrain`` recipe (model preset, ``parallel``, ``optimizer``, batch and sequence
+sizes, steps), so the same recipe runs on our engine or, on a GPU cluster, on Nanotron:
+
+    hf-llama3 nanotron-config --config recipes/tiny/pretrain_parallel.yaml --output nanotron.yaml
+    torchrun --nproc-per-node 8 run_train.py --config-file nanotron.yaml      # in a Nanotron checkout
+
+What cannot be carried over is refused or warned about: Nanotron's Llama has no context parallelism (its main
+branch has it only for Qwen2), no interleaved pipeline schedule, ZeRO-1 only (no fully sharded parameters),
+a fixed RoPE base of 10000 in the 0.4 release, and no Llama 3.1 rope scaling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.parallel.dims import ParallelDims
+from training.parallel.engine import OptimizerConfig
+from training.parallel.launch import PretrainConfig, pretrain_config_from_args
+from training.post_cli import stage_parser
+
+from .convert import nanotron_model_config, rope_warnings
+
+logger = logging.getLogger(__name__)
+
+# Our pipeline schedules -> Nanotron's pipeline engines ("afab" = all-forward-all-backward, i.e. GPipe).
+_PP_ENGINES = {"gpipe": "afab", "1f1b": "1f1b"}
+
+
+def nanotron_config(
+    recipe: PretrainConfig,
+    schema: str = "main",
+    checkpoints_path: str = "checkpoints",
+    tokenizer: str | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The Nanotron YAML document for ``recipe`` and the warnings about what Nanotron will do differently."""
+    model_config = recipe.model_config()
+    dims = ParallelDims(**recipe.parallel)
+    optimizer = OptimizerConfig(**recipe.optimizer)
+    dims.validate_model(model_config)
+    if dims.cp > 1:
+        raise ValueError(
+            f"cp={dims.cp}: Nanotron's Llama has no context parallelism (its main branch has it only for Qwen2). "
+            "Set parallel.cp=1 for a Nanotron config; use `hf-llama3 pretrain` for long-context CP training."
+        )
+    if dims.pp_schedule not in _PP_ENGINES:
+        raise ValueError(
+            f"pp_schedule={dims.pp_schedule!r} has no Nanotron engine (it has 'afab' = gpipe and '1f1b'): "
+            "set parallel.pp_schedule to gpipe or 1f1b."
+        )
+    warnings = rope_warnings(model_config, schema)
+    if dims.dp_shard > 1:
+        warnings.append(
+            "Nanotron shards only optimizer state (ZeRO-1), not parameters: dp_shard becomes plain data parallelism "
+            "with zero_stage 1, using more memory per GPU than FSDP."
+        )
+    dp = dims.dp_replicate * dims.dp_shard
+    micro_batch = recipe.batch_size // dp // dims.pp_microbatches
+    scheduler = dict(
+        learning_rate=optimizer.lr,
+        lr_warmup_steps=optimizer.warmup_steps,
+        lr_warmup_style="linear",
+        lr_decay_style="cosine",
+        lr_decay_steps=optimizer.decay_steps or max(1, recipe.steps - optimizer.warmup_steps),
+        min_decay_lr=optimizer.lr * optimizer.min_lr_ratio,
+    )
+    adam = dict(
+        adam_eps=optimizer.eps,
+        adam_beta1=optimizer.betas[0],
+        adam_beta2=optimizer.betas[1],
+        torch_adam_is_fused=True,
+    )
+    optimizer_section: dict[str, Any] = dict(
+        zero_stage=1 if dims.dp_shard > 1 else 0,
+        weight_decay=optimizer.weight_decay,
+        clip_grad=1.0,
+        accumulate_grad_in_fp32=True,
+        learning_rate_scheduler=scheduler,
+    )
+    if schema == "main":
+        optimizer_section["optimizer_factory"] = {"name": "adamW", **adam}
+    else:
+        optimizer_section.update(adam)
+    document = {
+        "general": {"project": "hf-llama3", "run": f"{recipe.model}-nanotron", "seed": recipe.seed},
+        "parallelism": {
+            "dp": dp,
+            "pp": dims.pp,
+            "tp": dims.tp,
+            "pp_engine": _PP_ENGINES[dims.pp_schedule],
+            # Sequence parallelism inside TP, as in our engine [3.3.2].
+            "tp_mode": "REDUCE_SCATTER",
+            "tp_linear_async_communication": True,
+            "expert_parallel_size": 1,
+        },
+        "model": {
+            "model_config": nanotron_model_config(model_config, schema, rope_interleaved=schema == "0.4"),
+            "init_method": {"std": model_config.initializer_range},
+            "dtype": "bfloat16",
+            "make_vocab_size_divisible_by": 1,
+            "ddp_bucket_cap_mb": 25,
+        },
+        "tokenizer": {"tokenizer_name_or_path": tokenizer, "tokenizer_max_length": None, "tokenizer_revision": None},
+        "checkpoints": {
+            "checkpoints_path": checkpoints_path,
+            "checkpoint_interval": recipe.checkpoint_every or recipe.steps,
+            "save_initial_state": False,
+            "resume_checkpoint_path": None,
+            "checkpoints_path_is_shared_file_system": False,
+        },
+        "logging": {"log_level": "info", "log_level_replica": "info", "iteration_step_info_interval": 1},
+        "tokens": {
+            "sequence_length": recipe.seq_len,
+            "train_steps": recipe.steps,
+            "micro_batch_size": micro_batch,
+            "batch_accumulation_per_replica": dims.pp_microbatches,
+            "val_check_interval": -1,
+            "limit_val_batches": 0,
+            "limit_test_batches": 0,
+        },
+        "optimizer": optimizer_section,
+    }
+    return document, warnings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hf-llama3 nanotron-config --config RECIPE --output nanotron.yaml [--schema main|0.4]``."""
+    parser = stage_parser("nanotron-config", "Write a Nanotron YAML config for a pretrain recipe.")
+    parser.add_argument("--output", type=Path, required=True, help="YAML file to write")
+    parser.add_argument("--schema", choices=["main", "0.4"], default="main", help="Nanotron version targeted")
+    parser.add_argument("--checkpoints-path", default="checkpoints", help="Nanotron's checkpoints folder")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name or path for Nanotron")
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    recipe = pretrain_config_from_args(args)
+    document, warnings = nanotron_config(recipe, args.schema, args.checkpoints_path, args.tokenizer)
+    for message in warnings:
+        logger.warning(message)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=args.output.parent, suffix=".tmp", delete=False) as f:
+        yaml.safe_dump(document, f, sort_keys=False)
+    os.replace(f.name, args.output)
+    print(f"wrote {args.output}")
+    return 0
