@@ -272,14 +272,16 @@ def dialog_turns(messages: Sequence[Mapping[str, Any]], options: DialogOptions) 
             system_message = content
             continue
         if role != "assistant":
-            if "stop_reason" in message:
+            if message.get("stop_reason") is not None:
                 raise DialogError(f"{where}: only assistant messages have a stop_reason.")
             turns.append(Turn(role, content))
             continue
         python_tag, body = False, content
         if calls:
             body, python_tag = tool_call_text(calls[0], options, f"{where} tool_calls[0]")
-        stop_reason = message.get("stop_reason", "end_of_message" if python_tag else "end_of_turn")
+        stop_reason = message.get("stop_reason")
+        if stop_reason is None:  # absent (or None, as datasets fills missing keys)
+            stop_reason = "end_of_message" if python_tag else "end_of_turn"
         if stop_reason not in STOP_REASONS:
             raise DialogError(f"{where}: stop_reason={stop_reason!r}; use one of {list(STOP_REASONS)}.")
         turns.append(Turn(role, body, EOM if stop_reason == "end_of_message" else EOT, python_tag))
