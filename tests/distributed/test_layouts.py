@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from tests.distributed.harness import OPTIMIZER, STEPS, make_batch, reference_run, run_distributed, tiny_config
 from training.parallel.dims import ParallelDims
@@ -39,6 +40,8 @@ LAYOUTS: dict[int, list[tuple[str, dict]]] = {
         ("PP2xFSDP2", dict(pp=2, dp_shard=2, pp_microbatches=2)),
         ("CP2xTP2", dict(cp=2, tp=2)),
         ("PP2xCP2", dict(pp=2, cp=2, pp_microbatches=2)),
+        # Activation checkpointing and FSDP resharding after forward change memory, never the numbers.
+        ("TP2xFSDP2-AC-reshard", dict(tp=2, dp_shard=2)),
     ],
     8: [
         ("PP2xFSDP2xTP2", dict(pp=2, dp_shard=2, tp=2, pp_microbatches=2)),
@@ -53,6 +56,10 @@ LAYOUTS: dict[int, list[tuple[str, dict]]] = {
         ),
     ],
 }
+# Engine options per layout (default: none).
+ENGINE_OPTIONS = {
+    "TP2xFSDP2-AC-reshard": dict(activation_checkpointing=True, fsdp=dict(reshard_after_forward=True)),
+}
 SLOW_WORLDS = {8, 16}
 CASES = [
     pytest.param(world, name, marks=[pytest.mark.slow] if world in SLOW_WORLDS else [], id=name)
@@ -61,9 +68,23 @@ CASES = [
 ]
 
 
+def _check_layout(trainer: ParallelTrainer, dims: ParallelDims, engine: EngineConfig) -> None:
+    """The layout really is applied: weights are sharded over the right mesh dims, stages hold a slice of layers."""
+    layers = {int(i) for _, stage in trainer.stages for i in stage.model.layers}
+    q_proj = next(iter(trainer.stages[0][1].model.layers.values())).self_attn.q_proj.weight
+    mesh_dims = set(q_proj.device_mesh.mesh_dim_names) if isinstance(q_proj, DTensor) else set()
+    assert ("tp" in mesh_dims) == (dims.tp > 1)
+    assert bool(mesh_dims & {"dp_shard_cp", "dp_replicate"}) == dims.fsdp_enabled
+    assert (len(layers) < 8) == (dims.pp > 1)
+    checkpointed = {layer.gradient_checkpointing for _, st in trainer.stages for layer in st.model.layers.values()}
+    assert checkpointed == {engine.activation_checkpointing}
+
+
 def _train_layouts(rank: int, world_size: int, layouts: list[tuple[str, dict]], out_dir: str) -> None:
     for name, dims in layouts:
-        trainer = ParallelTrainer(tiny_config(), EngineConfig(parallel=ParallelDims(**dims), optimizer=OPTIMIZER))
+        engine = EngineConfig(parallel=ParallelDims(**dims), optimizer=OPTIMIZER, **ENGINE_OPTIONS.get(name, {}))
+        trainer = ParallelTrainer(tiny_config(), engine)
+        _check_layout(trainer, engine.parallel, engine)
         losses = [trainer.step(make_batch(step)) for step in range(STEPS)]
         state = trainer.full_state_dict()
         if rank == 0:

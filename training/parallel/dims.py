@@ -33,7 +33,7 @@ class ParallelDims:
         pp: Pipeline-parallel degree.
         pp_schedule: ``gpipe``, ``1f1b`` or ``interleaved_1f1b`` (the paper's schedule, [3.3.2]).
         pp_virtual_stages: Model chunks per pipeline rank (> 1 only with ``interleaved_1f1b``).
-        pp_microbatches: Microbatches per step; the local batch must divide into them.
+        pp_microbatches: Microbatches per step (default: pp); the local batch must divide into them.
         pp_balance: Put one transformer layer fewer on the first and on the last stage, which also hold the
             embedding and the output layer + loss [3.3.2, "Memory and computation imbalance"].
     """
@@ -45,10 +45,12 @@ class ParallelDims:
     pp: int = 1
     pp_schedule: str = "1f1b"
     pp_virtual_stages: int = 1
-    pp_microbatches: int = 1
+    pp_microbatches: int | None = None
     pp_balance: bool = True
 
     def __post_init__(self) -> None:
+        if self.pp_microbatches is None:
+            self.pp_microbatches = self.pp
         for name in ("dp_replicate", "dp_shard", "cp", "tp", "pp", "pp_virtual_stages", "pp_microbatches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
