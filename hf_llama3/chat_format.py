@@ -246,7 +246,8 @@ def dialog_turns(messages: Sequence[Mapping[str, Any]], options: DialogOptions) 
         where = f"message {i}"
         if not isinstance(message, Mapping):
             raise DialogError(f"{where} must be a dict with 'role' and 'content', got {type(message).__name__}.")
-        role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+        role = message.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in ROLES:
             raise DialogError(
                 f"{where} has unknown role {message.get('role')!r}; Llama 3.1 roles are {list(ROLES)} (or 'tool')."

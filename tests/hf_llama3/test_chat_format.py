@@ -334,6 +334,7 @@ def test_nested_arguments_parse_where_meta_regex_stops():
 BAD_DIALOGS = [
     ([], {}, "dialog is empty"),
     ([{"role": "robot", "content": "hi"}], {}, "unknown role 'robot'"),
+    ([{"role": ["user"], "content": "hi"}], {}, r"unknown role '?\['user'\]"),
     ([{"role": "user", "content": None}], {}, "content must be a string"),
     ([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], {}, "content must be a string"),
     ([{"role": "user", "content": 3}], {}, "content must be a string"),
