@@ -1,19 +1,12 @@
-"""Multi-process test harness: real gloo process groups on CPU, forked from the test process.
+"""Shared pieces of the multi-process tests: the tiny model, deterministic batches and the single-process reference.
 
-Forking (instead of spawning fresh interpreters) shares the already-imported torch/transformers, so a
-16-process world starts in about a second. One fork per world size runs several layouts in sequence.
+Worlds are real gloo process groups forked from the test process (``training.parallel.spawn.run_local``); one
+fork per world size runs several layouts in sequence.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import tempfile
-from collections.abc import Callable
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
 from training.parallel.engine import OptimizerConfig
@@ -80,26 +73,3 @@ def reference_run(config: Llama3Config, steps: int = STEPS, seed: int = 0) -> tu
         sched.step()
         losses.append(out.loss.item())
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _worker(rank: int, world_size: int, store_path: str, fn: Callable, args: tuple) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store_path}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=180),
-    )
-    try:
-        fn(rank, world_size, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def run_distributed(world_size: int, fn: Callable, *args) -> None:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` forked processes with a gloo default group."""
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = os.path.join(tmp, "store")
-        mp.start_processes(_worker, args=(world_size, store, fn, args), nprocs=world_size, start_method="fork")

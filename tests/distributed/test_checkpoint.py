@@ -12,10 +12,11 @@ import torch
 import torch.distributed as dist
 
 from hf_llama3 import Llama3ForCausalLM
-from tests.distributed.harness import OPTIMIZER, make_batch, reference_run, run_distributed, tiny_config
+from tests.distributed.harness import OPTIMIZER, make_batch, reference_run, tiny_config
 from training.parallel.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
+from training.parallel.spawn import run_local
 
 SAVE_AT, TOTAL = 3, 6
 # (saved under, resumed under): pipeline + tensor parallel into plain FSDP, and FSDP into CP x TP.
@@ -50,7 +51,7 @@ def _reshard(rank: int, world_size: int, out_dir: str) -> None:
 @functools.cache
 def _results() -> str:
     out_dir = tempfile.mkdtemp(prefix="reshard_")
-    run_distributed(4, _reshard, out_dir)
+    run_local(4, _reshard, out_dir)
     return out_dir
 
 

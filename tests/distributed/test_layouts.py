@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from tests.distributed.harness import OPTIMIZER, STEPS, make_batch, reference_run, run_distributed, tiny_config
+from tests.distributed.harness import OPTIMIZER, STEPS, make_batch, reference_run, tiny_config
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
+from training.parallel.spawn import run_local
 
 # world size -> [(name, ParallelDims kwargs)]. Microbatches = pp so every schedule fills its pipeline.
 LAYOUTS: dict[int, list[tuple[str, dict]]] = {
@@ -96,7 +97,7 @@ def _train_layouts(rank: int, world_size: int, layouts: list[tuple[str, dict]], 
 @functools.cache
 def _results(world_size: int) -> dict[str, dict]:
     out_dir = tempfile.mkdtemp(prefix=f"layouts{world_size}_")
-    run_distributed(world_size, _train_layouts, LAYOUTS[world_size], out_dir)
+    run_local(world_size, _train_layouts, LAYOUTS[world_size], out_dir)
     return {name: torch.load(Path(out_dir) / f"{name}.pt") for name, _ in LAYOUTS[world_size]}
 
 

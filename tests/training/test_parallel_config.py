@@ -80,7 +80,8 @@ def test_cp_mask_equals_transformers_document_mask_on_each_rank() -> None:
     for rank in range(cp):
         ours = build_attention_mask(seq, cp, rank, documents, batch_size=2)
         q, kv = load_balanced_indices(seq, cp, rank), gathered_indices(seq, cp)
-        torch.testing.assert_close(ours, reference[:, :, q][:, :, :, kv])
+        torch.testing.assert_close(ours == 0, reference[:, :, q][:, :, :, kv])
+        assert ours.dtype == torch.float32 and ours.min() == torch.finfo(torch.float32).min
 
 
 def test_flops_per_token_matches_the_paper_budget() -> None:

@@ -68,10 +68,13 @@ def build_attention_mask(
     document_ids: torch.Tensor | None,
     batch_size: int,
     device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor | None:
-    """Boolean ``[batch, 1, local_q, seq_len]`` mask (True = attend) for this CP rank's queries against the
-    gathered keys: causal on global token indices, and within-document when ``document_ids`` (global
-    ``[batch, seq_len]``) are given. ``None`` when plain causal attention on a contiguous sequence suffices."""
+    """Additive ``[batch, 1, local_q, seq_len]`` mask (0 = attend, dtype minimum = masked) for this CP rank's
+    queries against the gathered keys: causal on global token indices, and within-document when ``document_ids``
+    (global ``[batch, seq_len]``) are given. ``None`` when plain causal attention on a contiguous sequence
+    suffices. Built once per step in the compute ``dtype``: SDPA would otherwise convert a boolean mask to a
+    new float tensor in every layer and keep each copy for backward."""
     if cp == 1 and document_ids is None:
         return None
     q_index = load_balanced_indices(seq_len, cp, cp_rank, device)
@@ -80,7 +83,8 @@ def build_attention_mask(
     if document_ids is not None:
         same_doc = document_ids[:, q_index, None] == document_ids[:, None, kv_index]
         mask = mask & same_doc[:, None]
-    return mask.contiguous()
+    additive = torch.zeros(mask.shape, dtype=dtype, device=device)
+    return additive.masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 def parallel_attention_forward(
@@ -96,7 +100,7 @@ def parallel_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """Attention of local queries ``[b, heads, q, d]`` against K/V gathered over ``cp_group``.
 
-    ``attention_mask`` is the boolean mask of ``build_attention_mask`` (``None``: causal on a contiguous
+    ``attention_mask`` is the additive mask of ``build_attention_mask`` (``None``: causal on a contiguous
     sequence). K/V keep their few GQA heads through the gather; SDPA broadcasts them to the query heads.
     """
     if cp_group is not None:
@@ -104,13 +108,16 @@ def parallel_attention_forward(
         value = all_gather_sequence(value, cp_group, dim=2)
     if attention_mask is None:
         if query.shape[2] != key.shape[2]:
-            raise ValueError("Context-parallel attention needs the boolean mask of build_attention_mask.")
+            raise ValueError("Context-parallel attention needs the mask of build_attention_mask.")
         out = F.scaled_dot_product_attention(
             query, key, value, is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=True
         )
     else:
-        if attention_mask.dtype != torch.bool:
-            raise ValueError(f"{ATTENTION_NAME} expects a boolean attention mask, got {attention_mask.dtype}.")
+        if attention_mask.dtype != query.dtype:
+            raise ValueError(
+                f"{ATTENTION_NAME} needs the mask in the compute dtype {query.dtype}, got {attention_mask.dtype}: "
+                "pass dtype= to build_attention_mask."
+            )
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, scale=scaling, dropout_p=dropout, enable_gqa=True
         )

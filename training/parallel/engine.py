@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
@@ -26,7 +27,7 @@ from hf_llama3.modeling_llama3 import IGNORE_INDEX, positions_from_document_ids
 
 from .context_parallel import build_attention_mask, load_balanced_indices
 from .dims import ParallelDims, submesh
-from .fsdp import FSDPConfig
+from .fsdp import DTYPES, FSDPConfig
 from .parallelize import parallelize_llama
 from .pipeline_parallel import build_schedule
 
@@ -109,6 +110,49 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.device must be 'cpu' or 'cuda', got {self.device!r}.")
 
 
+def split_batch(
+    batch: dict[str, torch.Tensor],
+    dims: ParallelDims,
+    mesh: DeviceMesh,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[dict[str, Any], torch.Tensor, int]:
+    """This rank's share of a global batch: its data-parallel rows and context-parallel chunks of ``input_ids``
+    and ``position_ids``, its attention mask, its shifted labels, and the global count of predicted tokens."""
+    input_ids = batch["input_ids"]
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
+    batch_size, seq_len = input_ids.shape
+    dims.validate_batch(batch_size, seq_len)
+    labels = batch.get("labels", input_ids)
+    document_ids = batch.get("document_ids")
+    position_ids = batch.get("position_ids")
+    if position_ids is None:
+        position_ids = (
+            positions_from_document_ids(document_ids)
+            if document_ids is not None
+            else torch.arange(seq_len).expand(batch_size, -1)
+        )
+    shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    num_targets = int((shift_labels != IGNORE_INDEX).sum())
+    if num_targets == 0:
+        raise ValueError("The batch has no labels to predict (all are -100).")
+
+    rows = batch_size // dims.dp
+    dp_rank = submesh(mesh, "dp").get_local_rank()
+    row_slice = slice(dp_rank * rows, (dp_rank + 1) * rows)
+    cp_rank = submesh(mesh, "cp").get_local_rank()
+    index = load_balanced_indices(seq_len, dims.cp, cp_rank)
+    docs = document_ids[row_slice] if document_ids is not None else None
+    local = {
+        "input_ids": input_ids[row_slice][:, index],
+        "position_ids": position_ids[row_slice][:, index],
+        "attention_mask": build_attention_mask(seq_len, dims.cp, cp_rank, docs, rows, dtype=dtype),
+    }
+    local = {k: v.to(device) if v is not None else None for k, v in local.items()}
+    return local, shift_labels[row_slice][:, index].to(device), num_targets
+
+
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
@@ -156,6 +200,8 @@ class ParallelTrainer:
             self.schedule = build_schedule(self.stages, self.dims, submesh(self.mesh, "pp"), self._loss, self.device)
         self._loss_scale = 1.0
         self.step_count = 0
+        # Attention masks are built in the dtype the layers compute in (FSDP's param dtype when sharded).
+        self.compute_dtype = DTYPES[config.fsdp.param_dtype] if self.dims.fsdp_enabled else torch.float32
 
     @property
     def has_last_stage(self) -> bool:
@@ -169,44 +215,9 @@ class ParallelTrainer:
         )
         return loss * self._loss_scale
 
-    def _local_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor, int]:
-        """This rank's rows and sequence chunks, and the global count of predicted tokens."""
-        input_ids = batch["input_ids"]
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
-        batch_size, seq_len = input_ids.shape
-        self.dims.validate_batch(batch_size, seq_len)
-        labels = batch.get("labels", input_ids)
-        document_ids = batch.get("document_ids")
-        position_ids = batch.get("position_ids")
-        if position_ids is None:
-            position_ids = (
-                positions_from_document_ids(document_ids)
-                if document_ids is not None
-                else torch.arange(seq_len).expand(batch_size, -1)
-            )
-        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-        num_targets = int((shift_labels != IGNORE_INDEX).sum())
-        if num_targets == 0:
-            raise ValueError("The batch has no labels to predict (all are -100).")
-
-        rows = batch_size // self.dims.dp
-        dp_rank = submesh(self.mesh, "dp").get_local_rank()
-        row_slice = slice(dp_rank * rows, (dp_rank + 1) * rows)
-        cp_rank = submesh(self.mesh, "cp").get_local_rank()
-        index = load_balanced_indices(seq_len, self.dims.cp, cp_rank)
-        docs = document_ids[row_slice] if document_ids is not None else None
-        local = {
-            "input_ids": input_ids[row_slice][:, index],
-            "position_ids": position_ids[row_slice][:, index],
-            "attention_mask": build_attention_mask(seq_len, self.dims.cp, cp_rank, docs, rows),
-        }
-        local = {k: v.to(self.device) if v is not None else None for k, v in local.items()}
-        return local, shift_labels[row_slice][:, index].to(self.device), num_targets
-
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimizer step on the global ``batch``; returns its mean loss (the same value on every rank)."""
-        local, labels, num_targets = self._local_inputs(batch)
+        local, labels, num_targets = split_batch(batch, self.dims, self.mesh, self.device, self.compute_dtype)
         # FSDP averages gradients over its dp x cp ranks; each rank's summed loss is scaled to undo that.
         fsdp_ranks = self.dims.dp * self.dims.cp if self.dims.fsdp_enabled else 1
         self._loss_scale = fsdp_ranks / num_targets

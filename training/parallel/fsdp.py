@@ -15,7 +15,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from .stage import Llama3Stage
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclasses.dataclass
@@ -35,13 +35,13 @@ class FSDPConfig:
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "reduce_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(f"FSDPConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}.")
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"FSDPConfig.{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}.")
 
 
 def apply_fsdp(stage: Llama3Stage, mesh: DeviceMesh, config: FSDPConfig) -> None:
     """Shard ``stage`` in place over ``mesh`` (1-D: FSDP; 2-D ``(replicate, shard)``: HSDP)."""
-    policy = MixedPrecisionPolicy(param_dtype=_DTYPES[config.param_dtype], reduce_dtype=_DTYPES[config.reduce_dtype])
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype])
     kwargs = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
     for layer in stage.model.layers.values():
         fully_shard(layer, **kwargs)
