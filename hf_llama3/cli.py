@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("training.parallel.launch:main", "pre-train with TP/CP/PP/FSDP (torchrun or one process) [3.3.2]"),
     "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
 }
+    "tokenizer": ("hf_llama3.tokenizer_train:main", "`tokenizer train`: BPE in Llama 3's layout on your corpus [3.2]"),
 
 
 class CLIError(Exception):
