@@ -115,7 +115,7 @@ class DialogOptions:
             if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
                 raise DialogError(
                     f"tools[{i}] must look like {{'type': 'function', 'function': {{'name': ..., 'description': "
-                    "..., 'parameters': {...}}}} (transformers' JSON-schema tool format)."
+                    "..., 'parameters': {...}}} (transformers' JSON-schema tool format)."
                 )
         if self.date_string is not None and not isinstance(self.date_string, str):
             raise DialogError(f"date_string must be a string such as '26 July 2024', got {self.date_string!r}.")
