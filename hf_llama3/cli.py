@@ -19,14 +19,18 @@ from huggingface_hub.errors import StrictDataclassError
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
     "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
+    "curate": ("data.cli:main", "curate WARC/HTML/JSONL/parquet into tokenized, mixed training shards [3.1]"),
     # Post-training [paper 4] (training/reward.py, rejection_sampling.py, sft.py, dpo.py, averaging.py, rounds.py).
     "average": ("training.averaging:main", "average checkpoints (uniform or weighted), sharded safetensors [4.1.5]"),
     "reward": ("training.reward:main", "train a reward model on ranked 2-3 responses per prompt [4.1.2]"),
+    "rejection-sample": ("training.rejection_sampling:main", "K samples per prompt scored by the reward model [4.2.2]"),
+    "sft": ("training.sft:main", "supervised fine-tuning, assistant-only loss, packed dialogs [4.1.3]"),
+    "dpo": ("training.dpo:main", "DPO with formatting tokens masked and a 0.2 NLL term [4.1.4]"),
     # 4D-parallel pre-training engine and Nanotron bridge [3.3.2] (training/parallel/, training/nanotron/).
     "pretrain": ("training.parallel.launch:main", "pre-train with TP/CP/PP/FSDP (torchrun or one process) [3.3.2]"),
     "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
-}
     "tokenizer": ("hf_llama3.tokenizer_train:main", "`tokenizer train`: BPE in Llama 3's layout on your corpus [3.2]"),
+}
 
 
 class CLIError(Exception):
