@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from datatrove.pipeline.base import PipelineStep
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
 
 _CODE_LINE = re.compile(
     r"^\s*(def |class |import |from \S+ import |return\b|if .*:$|elif .*:$|else:$|for .*:$|while .*:$|try:$|except\b"
@@ -59,18 +60,16 @@ def detect_domain(text: str, metadata: dict, config: DomainConfig | None = None)
     return "general"
 
 
-class DomainTagger(PipelineStep):
-    """Sets ``metadata["domain"]`` on every document (drops nothing)."""
+class DomainTagger(BaseFilter):
+    """Sets ``metadata["domain"]`` on every document and drops nothing."""
 
     name = "🏷 domain"
-    type = "🏷 - TAGGER"
 
     def __init__(self, config: DomainConfig | None = None):
         super().__init__()
         self.config = config or DomainConfig()
 
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        for doc in data:
-            doc.metadata["domain"] = detect_domain(doc.text, doc.metadata, self.config)
-            self.stat_update(f"domain_{doc.metadata['domain']}")
-            yield doc
+    def filter(self, doc: Document) -> bool:
+        doc.metadata["domain"] = detect_domain(doc.text, doc.metadata, self.config)
+        self.stat_update(f"domain_{doc.metadata['domain']}")
+        return True

@@ -115,4 +115,4 @@ def plan_mix(available: dict[str, int], config: MixConfig) -> dict[str, int]:
                 )
     else:
         total = min(config.max_epochs * available[c] / w for c, w in weights.items())
-    return {c: int(round(w * total)) for c, w in weights.items()}
+    return {c: round(w * total) for c, w in weights.items()}
