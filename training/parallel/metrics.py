@@ -71,7 +71,7 @@ class StepMetrics:
         mfu = f"{100 * self.mfu:.1f}%" if self.mfu is not None else "n/a (set peak_flops)"
         return (
             f"step {self.step} | loss {self.loss:.4f} | {self.step_time_s * 1000:.0f} ms | "
-            f"{self.tokens_per_s_per_device:,.0f} tok/s/device | {self.tflops_per_device:.2f} TFLOP/s/device | MFU {mfu}"
+            f"{self.tokens_per_s_per_device:,.0f} tok/s/device | {self.tflops_per_device:.3g} TFLOP/s/device | MFU {mfu}"
         )
 
 

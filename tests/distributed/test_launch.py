@@ -1,9 +1,11 @@
-"""``hf-llama3 pretrain`` under torchrun: one rank is SIGKILLed in the middle of writing a checkpoint, torchrun
-tears the job down, the same command is rerun and resumes from the last complete checkpoint; the exported
-weights equal those of an uninterrupted single-process run."""
+"""``hf-llama3 pretrain`` under real launchers. torchrun: one rank is SIGKILLed in the middle of writing a
+checkpoint, torchrun tears the job down, the same command is rerun and resumes from the last complete checkpoint;
+the exported weights equal those of an uninterrupted single-process run. ``accelerate launch --multi_gpu`` on CPU
+runs the same loop over gloo."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from training.parallel.checkpoint import FAULT_ENV, latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 def _recipe(path: Path, output_dir: Path, parallel: dict) -> Path:
@@ -47,8 +50,12 @@ def _recipe(path: Path, output_dir: Path, parallel: dict) -> Path:
 
 def _torchrun(recipe: Path, nproc: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", "-m", "training.parallel.launch"]
+    return _run([*command, "--config", str(recipe)], env)
+
+
+def _run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*command, "--config", str(recipe)],
+        command,
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         capture_output=True,
@@ -87,3 +94,23 @@ def test_kill_9_during_save_then_resume_equals_uninterrupted_run(tmp_path: Path)
     torch.manual_seed(0)  # the engine's initialisation seed: training moved the weights away from it
     initial = Llama3ForCausalLM(tiny_config()).state_dict()
     assert max((ours[key] - initial[key]).abs().max() for key in ours) > 1e-3
+
+
+def _losses(output_dir: Path) -> list[float]:
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_accelerate_launch_multi_gpu_on_cpu_runs_context_parallel(tmp_path: Path) -> None:
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert (
+        cli_main(["pretrain", "--config", str(_recipe(tmp_path / "ref.yaml", reference_dir, {})), "--set", "steps=3"])
+        == 0
+    )
+    recipe = _recipe(tmp_path / "run.yaml", run_dir, {"cp": 2})
+    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "-m", "training.parallel.launch"]
+    result = _run([*command, "--config", str(recipe), "--set", "steps=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(_losses(run_dir)), torch.tensor(_losses(reference_dir)), rtol=0, atol=1e-5)
