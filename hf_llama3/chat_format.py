@@ -157,6 +157,11 @@ class EncodedDialog:
     labels: list[int] = field(default_factory=list)
     formatting_mask: list[int] = field(default_factory=list)
 
+    @property
+    def dpo_loss_mask(self) -> list[int]:
+        """1 on the assistant tokens DPO scores: labelled and not formatting (eot/eom dropped) [paper 4.1.4]."""
+        return [int(label != IGNORE_INDEX and not fmt) for label, fmt in zip(self.labels, self.formatting_mask)]
+
     def extend(self, ids: Sequence[int], *, trainable: bool, formatting: bool) -> None:
         self.input_ids.extend(ids)
         self.labels.extend(ids if trainable else [IGNORE_INDEX] * len(ids))

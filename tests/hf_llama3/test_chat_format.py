@@ -200,6 +200,9 @@ def test_random_dialogs_match_meta_and_masks_cover_exactly(dialog):
         assert ids[end + 1] == 271 and end - h in (2, 3)  # "ipython" is two tokens, other roles one
         expected |= set(range(h, end + 2))
     assert {i for i, m in enumerate(formatting) if m} == expected
+    # DPO scores the assistant bodies without their termination tokens [paper 4.1.4].
+    scored = {i for i, m in enumerate(encoded.dpo_loss_mask) if m}
+    assert scored == {i for a, b in spans for i in range(a, b - 1)}
 
 
 @PROPERTY
