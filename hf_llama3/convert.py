@@ -392,26 +392,22 @@ def convert_checkpoint(
             for index, shard in enumerate(split_meta_shards(config, state_dict, num_shards)):
                 torch.save(shard, tmp / f"consolidated.{index:02d}.pth")
             (tmp / "params.json").write_text(json.dumps(meta_params_from_config(config), indent=2))
-        elif to == "ours":
-            model_class = Llama3ForSequenceClassification if classifier else Llama3ForCausalLM
-            _save_with_class(model_class, config, state_dict, tmp, max_shard_size)
-            write_model_card(
-                tmp,
-                config,
-                title="Llama 3 (hf-llama3)",
-                remote_code=True,
-                sections={"Provenance": f"Converted from a `{fmt}` checkpoint by `hf-llama3 convert`."},
-            )
         else:
-            llama_config = llama_config_from_ours(config)
-            llama_config.architectures = ["LlamaForSequenceClassification" if classifier else "LlamaForCausalLM"]
-            model_class = LlamaForSequenceClassification if classifier else LlamaForCausalLM
-            _save_with_class(model_class, llama_config, state_dict, tmp, max_shard_size)
+            remote_code = to == "ours"
+            out_config = config if remote_code else llama_config_from_ours(config)
+            causal_class, classifier_class = (
+                (Llama3ForCausalLM, Llama3ForSequenceClassification)
+                if remote_code
+                else (LlamaForCausalLM, LlamaForSequenceClassification)
+            )
+            model_class = classifier_class if classifier else causal_class
+            out_config.architectures = [model_class.__name__]
+            _save_with_class(model_class, out_config, state_dict, tmp, max_shard_size)
             write_model_card(
                 tmp,
-                llama_config,
-                title="Llama 3 (stock transformers format)",
-                remote_code=False,
+                out_config,
+                title="Llama 3 (hf-llama3)" if remote_code else "Llama 3 (stock transformers format)",
+                remote_code=remote_code,
                 sections={"Provenance": f"Converted from a `{fmt}` checkpoint by `hf-llama3 convert`."},
             )
         # Meta folders carry the tiktoken `tokenizer.model` only; HF folders every tokenizer/generation file.
