@@ -422,3 +422,21 @@ def test_public_names_exported():
         "DialogError",
     ):
         assert getattr(hf_llama3, name) is not None
+
+
+@PROPERTY
+@given(dialogs())
+def test_generation_prompt_encoding_is_a_prefix_of_the_answered_dialog(dialog):
+    """DPO and rejection sampling split prompt and completion by this prefix property."""
+    messages, options = dialog
+    options = {**options, "add_generation_prompt": False}
+    if messages[-1]["role"] != "assistant":
+        messages = [*messages, {"role": "assistant", "content": "An answer."}]
+    tok = hf_tokenizer()
+    prompt = encode_dialog(tok, messages[:-1], **{**options, "add_generation_prompt": True})
+    full = encode_dialog(tok, messages, **options)
+    cut = len(prompt.input_ids)
+    assert full.input_ids[:cut] == prompt.input_ids
+    assert full.formatting_mask[:cut] == prompt.formatting_mask
+    assert full.labels[cut - 1] == IGNORE_INDEX  # the header's "\n\n" is not trained
+    assert full.labels[cut] != IGNORE_INDEX
