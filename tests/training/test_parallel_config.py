@@ -24,6 +24,8 @@ def test_parallel_dims_validation_names_the_problem() -> None:
         dims.validate_world(8)
     with pytest.raises(ValueError, match="tp=4 must divide"):
         ParallelDims(tp=4).validate_model(Llama3Config.from_preset("tiny"))  # 2 KV heads
+    with pytest.raises(ValueError, match="Tied input/output embeddings"):
+        ParallelDims(tp=2).validate_model(Llama3Config.from_preset("llama3.2-1b"))
     with pytest.raises(ValueError, match="need at least as many layers"):
         ParallelDims(pp=4).validate_model(Llama3Config.from_preset("tiny"))
     with pytest.raises(ValueError, match="2 \\* cp = 4"):

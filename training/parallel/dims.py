@@ -110,6 +110,12 @@ class ParallelDims:
             raise ValueError(
                 f"tp={self.tp} must divide vocab_size ({config.vocab_size}) for the vocab-parallel layers."
             )
+        if config.tie_word_embeddings and (self.tp > 1 or self.num_stages > 1):
+            raise ValueError(
+                "Tied input/output embeddings (tie_word_embeddings=True, the Llama 3.2 1B/3B sizes) cannot be split "
+                f"across tp={self.tp} or {self.num_stages} pipeline stages here: train with FSDP/CP only, or untie "
+                "them (tie_word_embeddings=False) for TP/PP."
+            )
         if self.num_stages > config.num_hidden_layers:
             raise ValueError(
                 f"{self.num_stages} pipeline stages (pp={self.pp} x pp_virtual_stages={self.pp_virtual_stages}) "

@@ -28,7 +28,7 @@ from hf_llama3.modeling_llama3 import IGNORE_INDEX, positions_from_document_ids
 from .context_parallel import build_attention_mask, load_balanced_indices
 from .dims import ParallelDims, submesh
 from .fsdp import DTYPES, FSDPConfig
-from .parallelize import parallelize_llama
+from .parallelize import parallelize_llama, uses_fsdp
 from .pipeline_parallel import build_schedule
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class ParallelTrainer:
         self._loss_scale = 1.0
         self.step_count = 0
         # Attention masks are built in the dtype the layers compute in (FSDP's param dtype when sharded).
-        self.compute_dtype = DTYPES[config.fsdp.param_dtype] if self.dims.fsdp_enabled else torch.float32
+        self.compute_dtype = DTYPES[config.fsdp.param_dtype] if uses_fsdp(self.dims, config.fsdp) else torch.float32
 
     @property
     def has_last_stage(self) -> bool:

@@ -26,6 +26,11 @@ def fsdp_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
     return submesh(mesh, "dp_shard_cp")
 
 
+def uses_fsdp(dims: ParallelDims, fsdp: FSDPConfig | None) -> bool:
+    """FSDP wraps the model when parameters are sharded, and also on a single rank for mixed precision."""
+    return dims.fsdp_enabled or (fsdp is not None and fsdp.param_dtype != "float32")
+
+
 def parallelize_llama(
     model: Llama3ForCausalLM,
     dims: ParallelDims,
@@ -55,7 +60,7 @@ def parallelize_llama(
         if compile_layers:
             for layer in stage.model.layers.values():
                 layer.compile()
-        if dims.fsdp_enabled:
+        if uses_fsdp(dims, fsdp):
             apply_fsdp(stage, fsdp_mesh(mesh, dims), fsdp or FSDPConfig())
     logger.info("Parallelized %s into stages %s", dims, [index for index, _ in stages])
     return stages
