@@ -15,7 +15,10 @@ STEPS = 3
 BATCH, SEQ = 8, 32
 # eps 1e-5 (Llama 2's AdamW setting): with 1e-8, an element whose gradient is at float-noise level (~1e-9) gets an
 # update of ~lr whose sign depends on summation order, so no two layouts could agree to 1e-5 on every weight.
-OPTIMIZER = OptimizerConfig(lr=1e-3, eps=1e-5, weight_decay=0.1, warmup_steps=1, decay_steps=2, min_lr_ratio=0.1)
+# Clipping at 0.5 is active on these steps (the tiny model's gradient norms are above it).
+OPTIMIZER = OptimizerConfig(
+    lr=1e-3, eps=1e-5, weight_decay=0.1, warmup_steps=1, decay_steps=2, min_lr_ratio=0.1, max_grad_norm=0.5
+)
 
 
 # A CPU-sized model: 8 layers (enough for 4 pipeline stages), 8 query / 4 KV heads (TP4 with GQA), vocab 1024.
@@ -37,8 +40,13 @@ def tiny_config(**overrides) -> Llama3Config:
     return Llama3Config.from_preset("tiny", **{**TINY_OVERRIDES, **overrides})
 
 
-def make_batch(step: int, batch: int = BATCH, seq: int = SEQ, vocab: int = 1024) -> dict[str, torch.Tensor]:
+# Batch and sequence sizes per step: a batch ramp then a longer sequence, as in the paper's stages [3.4.1].
+SHAPES = [(BATCH, SEQ), (2 * BATCH, SEQ), (BATCH, 2 * SEQ)]
+
+
+def make_batch(step: int, vocab: int = 1024) -> dict[str, torch.Tensor]:
     """Deterministic batch ``step``: random tokens (never the pad id); even steps pack several documents per row."""
+    batch, seq = SHAPES[step % len(SHAPES)]
     gen = torch.Generator().manual_seed(1000 + step)
     out = {"input_ids": torch.randint(3, vocab, (batch, seq), generator=gen)}
     out["labels"] = out["input_ids"].clone()
@@ -68,6 +76,7 @@ def reference_run(config: Llama3Config, steps: int = STEPS, seed: int = 0) -> tu
         batch = make_batch(step, vocab=config.vocab_size)
         out = model(**batch)
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZER.max_grad_norm)
         opt.step()
         opt.zero_grad()
         sched.step()

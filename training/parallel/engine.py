@@ -46,6 +46,8 @@ class OptimizerConfig:
         warmup_steps: Linear warmup from 0 to ``lr``.
         decay_steps: Steps of the cosine decay after warmup (0: constant after warmup).
         min_lr_ratio: Final LR as a fraction of the peak (8e-7 / 8e-5 = 0.01 in the paper).
+        max_grad_norm: Clip the global gradient L2 norm to this (0: off); 1.0 as in Llama 2 (Touvron et al.
+            2023, section 2.2), the paper does not restate it.
     """
 
     lr: float = 8e-5
@@ -55,12 +57,15 @@ class OptimizerConfig:
     warmup_steps: int = 0
     decay_steps: int = 0
     min_lr_ratio: float = 0.01
+    max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0 or self.decay_steps < 0:
+        bad_counts = self.warmup_steps < 0 or self.decay_steps < 0 or self.max_grad_norm < 0
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or bad_counts:
             raise ValueError(
-                f"OptimizerConfig needs lr > 0, 0 <= min_lr_ratio <= 1 and non-negative step counts, got {self}."
+                f"OptimizerConfig needs lr > 0, 0 <= min_lr_ratio <= 1, non-negative step counts and max_grad_norm, "
+                f"got {self}."
             )
 
     def lr_factor(self, step: int) -> float:
@@ -195,9 +200,11 @@ class ParallelTrainer:
             for _, stage in self.stages
         ]
         self.lr_schedulers = [torch.optim.lr_scheduler.LambdaLR(o, opt.lr_factor) for o in self.optimizers]
+        # The pipeline schedule is built at the first step and rebuilt when the microbatch shape changes (batch
+        # or sequence-length ramps [3.4.1]): pipeline stages fix their activation shapes at their first step.
         self.schedule = None
-        if self.dims.pp > 1:
-            self.schedule = build_schedule(self.stages, self.dims, submesh(self.mesh, "pp"), self._loss, self.device)
+        self._schedule_shape: tuple[int, ...] | None = None
+        self.last_grad_norm: float | None = None
         self._loss_scale = 1.0
         self.step_count = 0
         # Attention masks are built in the dtype the layers compute in (FSDP's param dtype when sharded).
@@ -223,7 +230,7 @@ class ParallelTrainer:
         self._loss_scale = fsdp_ranks / num_targets
         vocab_parallel = self.dims.tp > 1 and self.dims.pp == 1 and self.config.loss_parallel
         with loss_parallel() if vocab_parallel else contextlib.nullcontext():
-            if self.schedule is None:
+            if self.dims.pp == 1:
                 _, stage = self.stages[0]
                 logits = stage(
                     local["input_ids"], position_ids=local["position_ids"], attention_mask=local["attention_mask"]
@@ -232,6 +239,10 @@ class ParallelTrainer:
                 loss.backward()
                 local_loss = _full(loss.detach())
             else:
+                if self._schedule_shape != tuple(local["input_ids"].shape):
+                    pp_mesh = submesh(self.mesh, "pp")
+                    self.schedule = build_schedule(self.stages, self.dims, pp_mesh, self._loss, self.device)
+                    self._schedule_shape = tuple(local["input_ids"].shape)
                 losses: list[torch.Tensor] = []
                 self.schedule.step(
                     local["input_ids"],
@@ -241,6 +252,8 @@ class ParallelTrainer:
                     attention_mask=local["attention_mask"],
                 )
                 local_loss = sum(_full(x.detach()) for x in losses) if self.has_last_stage else torch.zeros(())
+        if self.config.optimizer.max_grad_norm > 0:
+            self.last_grad_norm = self.clip_grad_norm(self.config.optimizer.max_grad_norm)
         for optimizer, scheduler in zip(self.optimizers, self.lr_schedulers):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -250,6 +263,20 @@ class ParallelTrainer:
         total = (local_loss.float() / fsdp_ranks).reshape(1).to(self.device)
         dist.all_reduce(total)
         return float(total) / self.dims.tp
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Scale all gradients so their global L2 norm (over every shard and pipeline stage) is at most
+        ``max_norm``; returns the norm before clipping."""
+        parameters = [p for _, stage in self.stages for p in stage.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
+        norm = _full(norm)
+        if self.dims.pp > 1:
+            # Each pipeline rank holds different layers: add the squared norms.
+            squared = norm.pow(2).reshape(1)
+            dist.all_reduce(squared, group=submesh(self.mesh, "pp").get_group())
+            norm = squared.sqrt()[0]
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm, foreach=True)
+        return float(norm)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The unsharded weights of the whole model with Hugging Face names, on every rank (collective)."""

@@ -199,7 +199,7 @@ def run(config: PretrainConfig) -> list[dict[str, Any]]:
         maybe_inject_fault("step", step)
         meter.start()
         loss = trainer.step(data.batch(step))
-        metrics = meter.stop(trainer.step_count, loss, config.batch_size * config.seq_len)
+        metrics = meter.stop(trainer.step_count, loss, config.batch_size * config.seq_len, trainer.last_grad_norm)
         if rank0:
             logger.info(metrics.format())
             history.append(dataclasses.asdict(metrics))

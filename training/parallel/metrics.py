@@ -65,12 +65,14 @@ class StepMetrics:
     tokens_per_s_per_device: float
     tflops_per_device: float
     mfu: float | None
+    grad_norm: float | None = None
 
     def format(self) -> str:
         """One log line."""
         mfu = f"{100 * self.mfu:.1f}%" if self.mfu is not None else "n/a (set peak_flops)"
+        norm = f" | grad norm {self.grad_norm:.3f}" if self.grad_norm is not None else ""
         return (
-            f"step {self.step} | loss {self.loss:.4f} | {self.step_time_s * 1000:.0f} ms | "
+            f"step {self.step} | loss {self.loss:.4f}{norm} | {self.step_time_s * 1000:.0f} ms | "
             f"{self.tokens_per_s_per_device:,.0f} tok/s/device | {self.tflops_per_device:.3g} TFLOP/s/device | MFU {mfu}"
         )
 
@@ -99,7 +101,7 @@ class ThroughputMeter:
             torch.cuda.synchronize()
         self._start = time.perf_counter()
 
-    def stop(self, step: int, loss: float, tokens: int) -> StepMetrics:
+    def stop(self, step: int, loss: float, tokens: int, grad_norm: float | None = None) -> StepMetrics:
         """End the step that trained ``tokens`` tokens (global) and return its metrics."""
         if self._start is None:
             raise RuntimeError("ThroughputMeter.stop() called before start().")
@@ -110,4 +112,4 @@ class ThroughputMeter:
         per_device = tokens / elapsed / self.num_devices
         flops = per_device * self.flops_per_token
         mfu = flops / self.peak_flops if self.peak_flops else None
-        return StepMetrics(step, loss, elapsed, per_device, flops / 1e12, mfu)
+        return StepMetrics(step, loss, elapsed, per_device, flops / 1e12, mfu, grad_norm)
