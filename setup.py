@@ -60,6 +60,9 @@ EXTRAS["dev"] += EXTRAS["data"]
 # imported: circular import as shipped, see training/nanotron/convert.py). Pure Python, torch requirement >=1.13.
 EXTRAS["nanotron"] = ["nanotron==0.4", "dacite>=1.8"]
 EXTRAS["dev"] += EXTRAS["nanotron"]
+# training/pretrain: TensorBoard logs of the three-stage pre-training recipe (report_to: [tensorboard]).
+EXTRAS["pretrain"] = ["tensorboard>=2.14"]
+EXTRAS["dev"] += EXTRAS["pretrain"]
 
 setup(
     name="hf-llama3",

@@ -1,0 +1,113 @@
+"""Global training batches of any shape from packed shards, in a data order no batch shape can change.
+
+Each source (a folder of packed shards from ``hf-llama3 curate``) is read as one contiguous token stream: the
+shard rows concatenated, documents separated by EOS. A sequence of length ``L`` is the next ``L`` tokens of its
+source, so the ramp (4096 -> 8192 -> 131072 tokens [3.4]) changes how the stream is cut, never which tokens come
+next. The last ``eval_sequences`` rows of every source are held out for the evaluation loss. Document ids restart
+after each EOS; the engine turns them into the document mask and restarting positions [3.2]. Every rank builds the
+same global batch; the engine takes its own rows and chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.shards import PackedShardReader
+from training.parallel.launch import documents_from_eos
+
+from .schedules import SourceSampler
+
+logger = logging.getLogger(__name__)
+
+
+class SourceStream:
+    """One source's training tokens as an endless stream (epochs repeat, with a log line); the position is the
+    state."""
+
+    def __init__(self, name: str, shard_dir: str | Path, eval_sequences: int):
+        self.name = name
+        self.reader = PackedShardReader(shard_dir)
+        self.row_len = self.reader.seq_len
+        self.eos = int(self.reader.manifest["eos_token_id"])
+        self.train_rows = len(self.reader) - eval_sequences
+        if self.train_rows < 1:
+            raise ValueError(
+                f"source {name!r} ({shard_dir}) has {len(self.reader)} sequences, not enough to hold out "
+                f"eval_sequences={eval_sequences} and train on the rest: curate more data or lower eval_sequences."
+            )
+        self.position = 0  # tokens consumed, over all epochs
+
+    def take(self, length: int) -> np.ndarray:
+        """The next ``length`` tokens."""
+        out = np.empty(length, dtype=np.int64)
+        filled, size = 0, self.train_rows * self.row_len
+        while filled < length:
+            offset = self.position % size
+            row, col = divmod(offset, self.row_len)
+            if offset == 0 and self.position:
+                logger.info("source %s: starting epoch %d", self.name, self.position // size + 1)
+            n = min(length - filled, self.row_len - col)
+            out[filled : filled + n] = self.reader[row]["input_ids"][col : col + n]
+            filled += n
+            self.position += n
+        return out
+
+    def eval_rows(self, seq_len: int) -> np.ndarray:
+        """The held-out rows, cut to ``seq_len`` tokens: ``[eval_sequences, seq_len]``."""
+        if seq_len > self.row_len:
+            raise ValueError(
+                f"eval_seq_len={seq_len} is longer than the shard rows of {self.name!r} ({self.row_len})."
+            )
+        rows = range(self.train_rows, len(self.reader))
+        return np.stack([self.reader[i]["input_ids"][:seq_len] for i in rows])
+
+
+def to_batch(input_ids: np.ndarray | torch.Tensor, eos: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and EOS-delimited ``document_ids`` for the engine / the model."""
+    input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    return {"input_ids": input_ids, "document_ids": documents_from_eos(input_ids, eos)}
+
+
+class BatchBuilder:
+    """Builds each global batch: sequence by sequence, the sampler picks a source under the current weights."""
+
+    def __init__(self, sources: dict[str, str], eval_sequences: int):
+        self.streams = {name: SourceStream(name, path, eval_sequences) for name, path in sorted(sources.items())}
+        eos = {s.eos for s in self.streams.values()}
+        if len(eos) != 1:
+            raise ValueError(f"the sources use different EOS ids {sorted(eos)}: curate them with one tokenizer.")
+        self.eos = eos.pop()
+        self.sampler = SourceSampler()
+        self.tokens_per_source = dict.fromkeys(self.streams, 0)
+
+    def build(self, batch_size: int, seq_len: int, weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """The next global batch ``[batch_size, seq_len]`` drawn under ``weights``."""
+        rows = []
+        for _ in range(batch_size):
+            name = self.sampler.draw(weights)
+            rows.append(self.streams[name].take(seq_len))
+            self.tokens_per_source[name] += seq_len
+        return to_batch(np.stack(rows), self.eos)
+
+    def eval_batches(self, seq_len: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Held-out batch of every source at ``seq_len``."""
+        return {name: to_batch(s.eval_rows(seq_len), self.eos) for name, s in self.streams.items()}
+
+    def state_dict(self) -> dict:
+        return {
+            "positions": {name: s.position for name, s in self.streams.items()},
+            "sampler": self.sampler.state_dict(),
+            "tokens_per_source": dict(self.tokens_per_source),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, position in state["positions"].items():
+            if name not in self.streams:
+                raise ValueError(f"the checkpoint's data state has source {name!r}, which the recipe does not list.")
+            self.streams[name].position = int(position)
+        self.sampler.load_state_dict(state["sampler"])
+        self.tokens_per_source.update(state["tokens_per_source"])

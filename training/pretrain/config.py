@@ -1,0 +1,359 @@
+"""The pre-training recipe as dataclasses, one per stage [3.4], validated on construction.
+
+A YAML recipe (``recipes/<size>/pretrain.yaml``) maps one to one onto :class:`PretrainRecipe`; nested sections
+become the stage dataclasses below and unknown keys are rejected with the list of valid ones. Token counts are
+global (all data-parallel ranks together); a "step" is one optimizer update on one global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hf_llama3 import Llama3Config
+from training.parallel.dims import ParallelDims
+from training.parallel.engine import EngineConfig, OptimizerConfig
+from training.post_cli import build_config
+
+REPORT_TO = ("jsonl", "tensorboard")
+GATE_FAIL_ACTIONS = ("continue", "stop")
+
+
+def _section(cls: type, value: Any, name: str) -> Any:
+    """A nested recipe section: the dataclass itself, or a dict of its fields (unknown keys rejected)."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping of {cls.__name__} fields, got {type(value).__name__}.")
+    return build_config(cls, value, source=name)
+
+
+def _check_weights(weights: dict[str, float], name: str) -> dict[str, float]:
+    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"{name} must map source names to non-negative weights, not all zero; got {weights}.")
+    return {str(k): float(v) for k, v in weights.items()}
+
+
+@dataclasses.dataclass
+class RampPoint:
+    """From ``after_tokens`` tokens seen on, each step trains ``batch_tokens`` tokens as sequences of ``seq_len``.
+
+    The paper: 4M tokens of 4096-token sequences, 8M of 8192 after 252M tokens, 16M after 2.87T [3.4.1].
+    """
+
+    after_tokens: int
+    batch_tokens: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        if self.after_tokens < 0 or self.seq_len < 2 or self.batch_tokens < self.seq_len:
+            raise ValueError(f"ramp point {self}: need after_tokens >= 0, seq_len >= 2, batch_tokens >= seq_len.")
+        if self.batch_tokens % self.seq_len:
+            raise ValueError(
+                f"ramp point {self}: batch_tokens must be a multiple of seq_len (whole sequences per step)."
+            )
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per global batch."""
+        return self.batch_tokens // self.seq_len
+
+
+@dataclasses.dataclass
+class MixPoint:
+    """From ``after_tokens`` tokens seen on, sequences are drawn from the sources in proportion to ``weights``
+    ("we adjust the mix of pre-training data during training" [3.4.1])."""
+
+    after_tokens: int
+    weights: dict[str, float]
+
+    def __post_init__(self) -> None:
+        if self.after_tokens < 0:
+            raise ValueError(f"mix point after_tokens must be >= 0, got {self.after_tokens}.")
+        self.weights = _check_weights(self.weights, "mix point weights")
+
+
+def _points(cls: type, values: list, name: str) -> list:
+    points = [_section(cls, v, f"{name}[{i}]") for i, v in enumerate(values)]
+    if not points or points[0].after_tokens != 0:
+        raise ValueError(f"{name} needs a first entry with after_tokens: 0.")
+    if any(b.after_tokens <= a.after_tokens for a, b in zip(points, points[1:])):
+        raise ValueError(f"{name} entries must have strictly increasing after_tokens.")
+    return points
+
+
+@dataclasses.dataclass
+class InitialConfig:
+    """Stage 1, initial pre-training [3.4.1]: AdamW with warmup and cosine decay (``PretrainRecipe.optimizer``),
+    batch-size and sequence-length ramp, data-mix schedule.
+
+    Args:
+        tokens: Tokens trained in this stage (the paper's 405B: ~15.6T minus the long-context and annealing tokens).
+        ramp: ``RampPoint`` list by tokens seen; the first has ``after_tokens: 0``.
+        mix: ``MixPoint`` list by tokens seen; weights name entries of ``PretrainRecipe.sources``.
+    """
+
+    tokens: int
+    ramp: list
+    mix: list
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ValueError(f"initial.tokens must be >= 1, got {self.tokens}.")
+        self.ramp = _points(RampPoint, self.ramp, "initial.ramp")
+        self.mix = _points(MixPoint, self.mix, "initial.mix")
+
+
+@dataclasses.dataclass
+class LongContextConfig:
+    """Stage 2, long-context pre-training in ``len(seq_lens)`` gated stages [3.4.2].
+
+    Each stage trains at least ``min_tokens`` and at most ``max_tokens``; from ``min_tokens`` on, every
+    ``gate_every`` steps (and at ``max_tokens``) the gate checks that the short-context evaluation loss has recovered
+    to within ``loss_tolerance`` (relative) of its value before the stage and that needle-in-a-haystack is solved at
+    every depth up to the stage's length. The paper does not publish the lengths; "6 stages from 8K to 128K over
+    about 800B tokens" is what it says.
+
+    Args:
+        seq_lens: Context length of each stage, increasing.
+        batch_tokens: Tokens per step (a multiple of every length).
+        min_tokens: Tokens before the first gate check of a stage.
+        max_tokens: Token budget of a stage; reaching it without passing ends the stage with a report.
+        gate_every: Steps between gate checks once ``min_tokens`` are done.
+        loss_tolerance: The short-context loss must be at most ``(1 + loss_tolerance)`` times its pre-stage value.
+        needle: Run needle-in-a-haystack in the gate (needs ``PretrainRecipe.tokenizer``).
+        needle_depths: Needle depths (fractions of the haystack).
+        needle_trials: Prompts per (length, depth) cell.
+        needle_min_score: Score every cell must reach (1.0: solved).
+        on_gate_fail: ``continue`` to the next stage with the failure logged, or ``stop`` the run with the report.
+        weights: Data mix of the long-context stages (source -> weight).
+        parallel: ``ParallelDims`` fields for this stage (default: the recipe's); the paper trains 128K contexts with
+            TP8 CP16 PP16 DP4 on 16,384 GPUs [Table 4]. A layout with another world size makes the run checkpoint and
+            exit at the stage boundary, asking for a relaunch with that many processes.
+    """
+
+    seq_lens: list
+    batch_tokens: int
+    min_tokens: int
+    max_tokens: int
+    weights: dict
+    gate_every: int = 1
+    loss_tolerance: float = 0.02
+    needle: bool = True
+    needle_depths: list = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    needle_trials: int = 1
+    needle_min_score: float = 1.0
+    on_gate_fail: str = "continue"
+    parallel: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.seq_lens = [int(n) for n in self.seq_lens]
+        if any(b <= a for a, b in zip(self.seq_lens, self.seq_lens[1:])) or min(self.seq_lens, default=0) < 2:
+            raise ValueError(f"long_context.seq_lens must be increasing lengths >= 2, got {self.seq_lens}.")
+        bad = [n for n in self.seq_lens if self.batch_tokens % n]
+        if bad:
+            raise ValueError(f"long_context.batch_tokens={self.batch_tokens} is not a multiple of the lengths {bad}.")
+        if not 0 < self.min_tokens <= self.max_tokens:
+            raise ValueError("long_context needs 0 < min_tokens <= max_tokens.")
+        if self.gate_every < 1 or self.loss_tolerance < 0 or self.needle_trials < 1:
+            raise ValueError("long_context needs gate_every >= 1, loss_tolerance >= 0 and needle_trials >= 1.")
+        if self.on_gate_fail not in GATE_FAIL_ACTIONS:
+            raise ValueError(
+                f"long_context.on_gate_fail must be one of {GATE_FAIL_ACTIONS}, got {self.on_gate_fail!r}."
+            )
+        self.weights = _check_weights(self.weights, "long_context.weights")
+
+
+@dataclasses.dataclass
+class AnnealConfig:
+    """Stage 3, annealing [3.4.3]: the LR falls linearly to 0 over ``tokens``, high-quality sources upsampled through
+    ``weights``, and the final model is the (Polyak) average of the checkpoints taken during annealing.
+
+    Args:
+        tokens: Token budget (paper: the last 40M tokens, at 128K context).
+        seq_len: Context length.
+        batch_tokens: Tokens per step.
+        weights: Data mix (source -> weight).
+        average_every: Steps between the checkpoints that are averaged (the last step always is one).
+        average_last: Average only the newest this many (0: all).
+        parallel: ``ParallelDims`` fields for this stage (default: the recipe's).
+    """
+
+    tokens: int
+    seq_len: int
+    batch_tokens: int
+    weights: dict
+    average_every: int = 1
+    average_last: int = 0
+    parallel: dict | None = None
+
+    def __post_init__(self) -> None:
+        RampPoint(0, self.batch_tokens, self.seq_len)
+        if self.tokens < self.batch_tokens:
+            raise ValueError(f"anneal.tokens={self.tokens} must cover at least one step of {self.batch_tokens}.")
+        if self.average_every < 1 or self.average_last < 0:
+            raise ValueError("anneal needs average_every >= 1 and average_last >= 0.")
+        self.weights = _check_weights(self.weights, "anneal.weights")
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the annealing stage."""
+        return self.tokens // self.batch_tokens
+
+
+@dataclasses.dataclass
+class ProbeConfig:
+    """Annealing as a data probe [3.1.3]: from ``checkpoint``, anneal twice (default mix; and ``weight`` of the
+    candidate ``source`` with the default mix scaled to the rest) and report the evaluation delta.
+
+    Args:
+        checkpoint: A DCP checkpoint folder of a pre-training run (``<output_dir>/checkpoints/step_N``).
+        source: The candidate dataset, a name in ``PretrainRecipe.sources``.
+        weight: Its share of the annealing mix (paper: 30% new data, 70% default mix).
+    """
+
+    checkpoint: str
+    source: str
+    weight: float = 0.30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight < 1:
+            raise ValueError(f"probe.weight must be in (0, 1), got {self.weight}.")
+        if not (Path(self.checkpoint) / ".metadata").is_file():
+            raise FileNotFoundError(
+                f"probe.checkpoint={self.checkpoint!r} is not a DCP checkpoint folder (.metadata)."
+            )
+
+
+@dataclasses.dataclass
+class SpikeGuardConfig:
+    """Loss-spike and NaN handling: a step whose global gradient norm is not finite, or above ``spike_factor`` times
+    the mean of the last ``window`` accepted steps, is skipped (no update; the batch is dropped) and logged; after
+    ``max_consecutive`` skips in a row the run stops with a message. Clipping is the engine's
+    (``optimizer.max_grad_norm``).
+    """
+
+    window: int = 20
+    spike_factor: float = 6.0
+    max_consecutive: int = 5
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.spike_factor <= 1 or self.max_consecutive < 1:
+            raise ValueError("spike needs window >= 1, spike_factor > 1 and max_consecutive >= 1.")
+
+
+@dataclasses.dataclass
+class PretrainRecipe:
+    """``hf-llama3 pretrain --config recipes/<size>/pretrain.yaml``: the three-stage recipe [3.4].
+
+    Args:
+        model: ``Llama3Config.from_preset`` name; ``model_overrides`` changes fields.
+        parallel: ``ParallelDims`` fields (Table 4 layouts in the 405B recipe).
+        fsdp: ``FSDPConfig`` fields.
+        optimizer: ``OptimizerConfig`` fields: AdamW, warmup and cosine decay by step, used by stages 1 and 2.
+        sources: Data source name -> folder of packed shards (``hf-llama3 curate`` output, ``manifest.json``).
+        eval_sequences: Sequences held out at the end of each source for the short-context evaluation loss.
+        eval_seq_len: Length of the evaluation sequences (the short context).
+        tokenizer: ``llama3`` (the real tokenizer), a tokenizer folder, or null (no needle test, no tokenizer export).
+        initial, long_context, anneal: The three stages; ``long_context`` may be null (no stage 2).
+        spike: ``SpikeGuardConfig`` fields.
+        mode: ``pretrain`` (the three stages) or ``probe`` (annealing as a data probe, needs ``probe``).
+        probe: ``ProbeConfig`` fields.
+        output_dir: Checkpoints, logs, gate reports, annealing snapshots and the final ``hf/`` export.
+        checkpoint_every: Steps between checkpoints (stage ends are always checkpointed).
+        keep_last: Checkpoints kept.
+        report_to: ``jsonl`` (``metrics.jsonl``) and/or ``tensorboard`` (``tensorboard/``).
+        peak_flops: Peak FLOP/s per device for MFU (default from the GPU name; none on CPU).
+    """
+
+    sources: dict
+    initial: Any
+    anneal: Any
+    long_context: Any = None
+    model: str = "tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    parallel: dict = dataclasses.field(default_factory=dict)
+    fsdp: dict = dataclasses.field(default_factory=dict)
+    optimizer: dict = dataclasses.field(default_factory=dict)
+    activation_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    eval_sequences: int = 2
+    eval_seq_len: int = 256
+    tokenizer: str | None = "llama3"
+    spike: Any = dataclasses.field(default_factory=SpikeGuardConfig)
+    mode: str = "pretrain"
+    probe: Any = None
+    output_dir: str = "pretrain_output"
+    checkpoint_every: int = 50
+    keep_last: int = 2
+    report_to: list = dataclasses.field(default_factory=lambda: ["jsonl", "tensorboard"])
+    peak_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        self.initial = _section(InitialConfig, self.initial, "initial")
+        self.anneal = _section(AnnealConfig, self.anneal, "anneal")
+        if self.long_context is not None:
+            self.long_context = _section(LongContextConfig, self.long_context, "long_context")
+        self.spike = _section(SpikeGuardConfig, self.spike, "spike")
+        if self.mode not in ("pretrain", "probe"):
+            raise ValueError(f"mode must be 'pretrain' or 'probe', got {self.mode!r}.")
+        if self.mode == "probe":
+            if self.probe is None:
+                raise ValueError("mode: probe needs a probe section (checkpoint, source, weight).")
+            self.probe = _section(ProbeConfig, self.probe, "probe")
+            if self.probe.source not in self.sources:
+                raise ValueError(
+                    f"probe.source={self.probe.source!r} is not one of the sources {sorted(self.sources)}."
+                )
+        unknown_report = sorted(set(self.report_to) - set(REPORT_TO))
+        if unknown_report:
+            raise ValueError(f"report_to entries {unknown_report} are not supported; choose from {REPORT_TO}.")
+        if self.eval_sequences < 1 or self.eval_seq_len < 2 or self.checkpoint_every < 1 or self.keep_last < 0:
+            raise ValueError("need eval_sequences >= 1, eval_seq_len >= 2, checkpoint_every >= 1, keep_last >= 0.")
+        named = [w for p in self.initial.mix for w in p.weights] + list(self.anneal.weights)
+        named += list(self.long_context.weights) if self.long_context else []
+        missing = sorted(set(named) - set(self.sources))
+        if missing:
+            raise ValueError(f"the mix names sources {missing} that are not in sources {sorted(self.sources)}.")
+        self.engine_config()  # validates parallel / fsdp / optimizer fields
+        model_config = self.model_config()
+        for length, batch_tokens, layout in self.batch_shapes():
+            dims = ParallelDims(**layout)
+            dims.validate_batch(batch_tokens // length, length)
+            dims.validate_model(model_config)
+
+    def layout(self, stage: str) -> dict:
+        """The ``ParallelDims`` fields of ``stage`` (``initial``, ``long_context`` or ``anneal``)."""
+        override = getattr(getattr(self, stage), "parallel", None)
+        return dict(self.parallel if override is None else override)
+
+    def batch_shapes(self) -> list[tuple[int, int, dict]]:
+        """Every (seq_len, batch_tokens, layout) the recipe trains with."""
+        shapes = [(p.seq_len, p.batch_tokens, self.layout("initial")) for p in self.initial.ramp]
+        if self.long_context is not None:
+            lc = self.long_context
+            shapes += [(n, lc.batch_tokens, self.layout("long_context")) for n in lc.seq_lens]
+        return shapes + [(self.anneal.seq_len, self.anneal.batch_tokens, self.layout("anneal"))]
+
+    def model_config(self) -> Llama3Config:
+        """The model: preset plus overrides."""
+        return Llama3Config.from_preset(self.model, **self.model_overrides)
+
+    def optimizer_config(self) -> OptimizerConfig:
+        """AdamW and the warmup + cosine schedule [3.4.1]."""
+        return OptimizerConfig(**self.optimizer)
+
+    def engine_config(self, stage: str = "initial") -> EngineConfig:
+        """The parallel engine's config for ``stage``."""
+        return EngineConfig(
+            parallel=self.layout(stage),
+            fsdp=dict(self.fsdp),
+            optimizer=dict(self.optimizer),
+            activation_checkpointing=self.activation_checkpointing,
+            compile=self.compile,
+            seed=self.seed,
+            device=self.device,
+        )
