@@ -121,7 +121,7 @@ def judge_labels(
         for text in texts:
             prompt = rubric.format(text=text[:max_chars])
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            logits = model(input_ids=ids).logits[0, -1]
+            logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1]
             labels.append(int(torch.argmax(logits[label_ids]).item()))
     return labels
 
