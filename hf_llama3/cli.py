@@ -26,10 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rejection-sample": ("training.rejection_sampling:main", "K samples per prompt scored by the reward model [4.2.2]"),
     "sft": ("training.sft:main", "supervised fine-tuning, assistant-only loss, packed dialogs [4.1.3]"),
     "dpo": ("training.dpo:main", "DPO with formatting tokens masked and a 0.2 NLL term [4.1.4]"),
+    "rounds": ("training.rounds:main", "iterative post-training rounds: RM, rejection sampling, SFT, DPO, average [4.1.6]"),
     # 4D-parallel pre-training engine and Nanotron bridge [3.3.2] (training/parallel/, training/nanotron/).
     "pretrain": ("training.parallel.launch:main", "pre-train with TP/CP/PP/FSDP (torchrun or one process) [3.3.2]"),
     "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
     "tokenizer": ("hf_llama3.tokenizer_train:main", "`tokenizer train`: BPE in Llama 3's layout on your corpus [3.2]"),
+    # Evaluation [3.2.1, 3.4.2, 5] (evaluation/; the IsoFLOPs sweep trains, so it enters through training/).
+    "eval": ("evaluation.cli:eval_main", "`eval {needle,benchmarks,contamination}`: NIAH gate, lm-eval, n-gram overlap"),
+    "scaling-law": ("training.isoflops:main", "`scaling-law {sweep,fit,forecast,downstream}`: IsoFLOPs [3.2.1]"),
 }
 
 

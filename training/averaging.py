@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from hf_llama3.checkpoint_io import atomic_output_dir
 from training.post_cli import load_stage_config, stage_parser
 
 logger = logging.getLogger(__name__)
@@ -141,9 +140,7 @@ def average_checkpoints(
     maps = check_compatible(folders)
     layout = _group_by_file(maps[0])
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
         for path in folders[0].iterdir():
             if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX_FILE:
                 shutil.copy2(path, staging / path.name)
@@ -152,18 +149,11 @@ def average_checkpoints(
             save_file(averaged, staging / filename, metadata={"format": "pt"})
             del averaged
         if (folders[0] / INDEX_FILE).is_file():
-            index = json.loads((folders[0] / INDEX_FILE).read_text(encoding="utf-8"))
-            (staging / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            shutil.copy2(folders[0] / INDEX_FILE, staging / INDEX_FILE)
         (staging / "averaging.json").write_text(
             json.dumps({"checkpoints": [str(f) for f in folders], "weights": coefficients}, indent=2) + "\n",
             encoding="utf-8",
         )
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     logger.info("Averaged %d checkpoints into %s (weights %s)", len(folders), output_dir, coefficients)
     return output_dir
 

@@ -155,26 +155,17 @@ def load_stage_tokenizer(config: StageInputs):
 
 def export_model(trainer, output_dir: str | Path) -> Path:
     """Save the trained model (LoRA adapters merged into the base weights) and tokenizer, atomically."""
-    import shutil
-    import tempfile
+    from hf_llama3.checkpoint_io import atomic_output_dir
 
     output_dir = Path(output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    if not trainer.accelerator.is_main_process:
-        return output_dir
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        trainer.processing_class.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.replace(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    if trainer.accelerator.is_main_process:
+        with atomic_output_dir(output_dir, overwrite=True) as staging:
+            model.save_pretrained(staging)
+            trainer.processing_class.save_pretrained(staging)
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
