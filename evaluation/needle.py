@@ -20,7 +20,6 @@ Prompts are built at the token level, so every prompt is exactly the requested l
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import re
@@ -130,13 +129,22 @@ class GateResult:
     scores: NeedleResult
 
 
-def default_corpus() -> list[str]:
-    """Offline haystack text: the docstrings of standard-library modules (real English prose, always present)."""
+def default_corpus(min_chars: int = 500) -> list[str]:
+    """Offline prose: the Python Language Reference that CPython ships in ``pydoc_data`` (about 465K
+    characters), cut at blank lines into documents of at least ``min_chars`` characters."""
+    from pydoc_data.topics import topics
+
     docs: list[str] = []
-    for name in ("argparse", "collections", "functools", "inspect", "itertools", "json", "pathlib", "pydoc"):
-        module = __import__(name)
-        docs += [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(module)]
-    return [d for d in dict.fromkeys(docs) if len(d) > 200]
+    for _, text in sorted(topics.items()):
+        current = ""
+        for paragraph in text.split("\n\n"):
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+            if len(current) >= min_chars:
+                docs.append(current.strip())
+                current = ""
+        if current.strip():
+            docs.append(current.strip())
+    return docs
 
 
 def build_haystack(tokenizer: Any, corpus: Iterable[str], num_tokens: int) -> list[int]:

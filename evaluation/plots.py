@@ -31,10 +31,14 @@ def plot_isoflops(fit: IsoFLOPsFit, path: str | os.PathLike) -> Path:
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis"]
-    for i, parabola in enumerate(fit.parabolas):
-        color = cmap(i / max(1, len(fit.parabolas) - 1))
-        at_budget = [p for p in fit.points if p.compute == parabola.compute]
-        ax.scatter([p.tokens for p in at_budget], [p.loss for p in at_budget], color=color, s=18)
+    budgets = sorted({p.compute for p in fit.points})
+    colors = {budget: cmap(i / max(1, len(budgets) - 1)) for i, budget in enumerate(budgets)}
+    for budget in budgets:  # every trained model, including budgets without a minimum
+        at_budget = [p for p in fit.points if p.compute == budget]
+        label = f"{budget:.1e} FLOPs (no minimum)" if budget in fit.skipped else None
+        ax.scatter([p.tokens for p in at_budget], [p.loss for p in at_budget], color=colors[budget], s=18, label=label)
+    for parabola in fit.parabolas:
+        color = colors[parabola.compute]
         lo = min(parabola.tokens_min, parabola.tokens_opt) / 1.5
         hi = max(parabola.tokens_max, parabola.tokens_opt) * 1.5
         grid = np.logspace(np.log10(lo), np.log10(hi), 100)

@@ -222,6 +222,7 @@ class IsoFLOPsFit:
     points: list[SweepPoint]
     parabolas: list[ParabolaFit]
     law: PowerLawFit
+    skipped: dict[float, str] = field(default_factory=dict)  # budget -> why it has no parabola minimum
 
     def to_dict(self) -> dict:
         return {
@@ -238,23 +239,41 @@ class IsoFLOPsFit:
                 for p in self.parabolas
             ],
             "power_law": self.law.to_dict(),
+            "skipped_budgets": {f"{c:.6g}": reason for c, reason in self.skipped.items()},
         }
 
 
-def fit_isoflops(points: Iterable[SweepPoint], n_bootstrap: int = 2000, seed: int = 0) -> IsoFLOPsFit:
-    """Fit a parabola per compute budget, then the power law through the parabolas' minima [3.2.1]."""
+def fit_isoflops(
+    points: Iterable[SweepPoint], n_bootstrap: int = 2000, seed: int = 0, skip_invalid: bool = False
+) -> IsoFLOPsFit:
+    """Fit a parabola per compute budget, then the power law through the parabolas' minima [3.2.1].
+
+    With ``skip_invalid``, a budget whose losses have no parabola minimum (too few sizes, not convex) is
+    left out of the power law and reported in ``IsoFLOPsFit.skipped`` instead of failing the whole fit.
+    """
     points = list(points)
     if not points:
         raise ValueError("no sweep results to fit: the sweep produced no points.")
     budgets = sorted({p.compute for p in points})
-    parabolas = []
+    parabolas, skipped = [], {}
     for budget in budgets:
         at_budget = [p for p in points if p.compute == budget]
-        parabolas.append(fit_parabola(budget, [p.tokens for p in at_budget], [p.loss for p in at_budget]))
+        try:
+            parabolas.append(fit_parabola(budget, [p.tokens for p in at_budget], [p.loss for p in at_budget]))
+        except ValueError as err:
+            if not skip_invalid:
+                raise
+            logger.warning("skipping budget %.3g: %s", budget, err)
+            skipped[budget] = str(err)
+    if len(parabolas) < 2 and skipped:
+        raise ValueError(
+            f"only {len(parabolas)} of {len(budgets)} budgets have a loss minimum, a power law needs 2: "
+            + "; ".join(skipped.values())
+        )
     law = fit_power_law(
         [p.compute for p in parabolas], [p.tokens_opt for p in parabolas], n_bootstrap=n_bootstrap, seed=seed
     )
-    return IsoFLOPsFit(points=points, parabolas=parabolas, law=law)
+    return IsoFLOPsFit(points=points, parabolas=parabolas, law=law, skipped=skipped)
 
 
 def load_sweep_points(path: str | os.PathLike) -> list[SweepPoint]:

@@ -20,8 +20,8 @@ def encode(tokenizer):
 
 
 @pytest.fixture(scope="session")
-def stdlib_docs() -> list[str]:
-    """Real English prose: the docstrings of standard-library modules (the needle test's default haystack)."""
+def reference_docs() -> list[str]:
+    """Real English prose: the Python Language Reference shipped with CPython (the default needle haystack)."""
     docs = default_corpus()
     assert len(docs) > 100  # the interpreter ships its docstrings
     return docs

@@ -23,10 +23,10 @@ def brute_force_scores(eval_ids, train_ids, n):
     return scores
 
 
-def test_planted_humaneval_prompts_are_found(encode, stdlib_docs, humaneval_prompts):
+def test_planted_humaneval_prompts_are_found(encode, reference_docs, humaneval_prompts):
     rng = random.Random(0)
     planted = set(rng.sample(range(40), 8))
-    shards = list(stdlib_docs)
+    shards = list(reference_docs)
     for i in planted:  # bury each leaked problem inside an ordinary document
         host = rng.randrange(len(shards))
         shards.insert(host, shards[host] + "\n\n" + humaneval_prompts[i] + "\n\n" + shards[(host + 1) % len(shards)])
@@ -44,10 +44,10 @@ def test_planted_humaneval_prompts_are_found(encode, stdlib_docs, humaneval_prom
     assert report.training_sequences == len(shards)
 
 
-def test_partial_overlap_scores_the_covered_fraction(encode, stdlib_docs, humaneval_prompts):
+def test_partial_overlap_scores_the_covered_fraction(encode, reference_docs, humaneval_prompts):
     prompt_ids = encode(humaneval_prompts[0])
     leaked = prompt_ids[10:30]  # 20 tokens of the prompt appear in training, split across two documents
-    shards = [encode(doc) for doc in stdlib_docs[:50]] + [prompt_ids[:5] + encode(" unrelated prose here")]
+    shards = [encode(doc) for doc in reference_docs[:50]] + [prompt_ids[:5] + encode(" unrelated prose here")]
     shards.append(encode("Some text before. ") + leaked + encode(" and some after."))
     report = find_contamination([prompt_ids], shards, ContaminationConfig(n=8, threshold=0.9))
     assert report.examples[0].score == pytest.approx(20 / len(prompt_ids))
@@ -56,12 +56,12 @@ def test_partial_overlap_scores_the_covered_fraction(encode, stdlib_docs, humane
 
 
 @pytest.mark.parametrize("n", [1, 4, 8, 13])
-def test_matches_brute_force_reference(encode, stdlib_docs, n):
+def test_matches_brute_force_reference(encode, reference_docs, n):
     rng = random.Random(n)
-    train = [encode(doc) for doc in stdlib_docs[:80]]
+    train = [encode(doc) for doc in reference_docs[:80]]
     eval_ids = []
     for _ in range(30):  # eval examples: spliced pieces of training docs and of unseen docs
-        a, b = rng.choice(train), encode(rng.choice(stdlib_docs[80:]))
+        a, b = rng.choice(train), encode(rng.choice(reference_docs[80:]))
         i, j = rng.randrange(max(1, len(a) - 30)), rng.randrange(max(1, len(b) - 30))
         eval_ids.append(a[i : i + rng.randrange(5, 30)] + b[j : j + 20])
     report = find_contamination(eval_ids, train, ContaminationConfig(n=n))
@@ -70,8 +70,8 @@ def test_matches_brute_force_reference(encode, stdlib_docs, n):
     assert report.training_tokens == sum(map(len, train))
 
 
-def test_split_scores_separates_clean_and_contaminated(encode, stdlib_docs, humaneval_prompts):
-    shards = [*stdlib_docs, humaneval_prompts[1], humaneval_prompts[3]]
+def test_split_scores_separates_clean_and_contaminated(encode, reference_docs, humaneval_prompts):
+    shards = [*reference_docs, humaneval_prompts[1], humaneval_prompts[3]]
     report = find_contamination(humaneval_prompts[:6], shards, tokenize=encode)
     assert report.contaminated_indices == [1, 3]
     split = split_scores(report, [0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
@@ -87,16 +87,16 @@ def test_split_scores_separates_clean_and_contaminated(encode, stdlib_docs, huma
         split_scores(report, [1.0])
 
 
-def test_bad_input_has_clear_errors(encode, stdlib_docs, tmp_path):
-    train = [encode(d) for d in stdlib_docs[:5]]
+def test_bad_input_has_clear_errors(encode, reference_docs, tmp_path):
+    train = [encode(d) for d in reference_docs[:5]]
     with pytest.raises(ValueError, match="evaluation set is empty"):
         find_contamination([], train)
     with pytest.raises(ValueError, match="training data is empty"):
-        find_contamination([encode(stdlib_docs[6])], iter([]))
+        find_contamination([encode(reference_docs[6])], iter([]))
     # Token ids from a different vocabulary: no id in common with the evaluation set.
     foreign = [list(np.asarray(ids) + 128256) for ids in train]
     with pytest.raises(ValueError, match="different vocabularies"):
-        find_contamination([encode(stdlib_docs[6])], foreign)
+        find_contamination([encode(reference_docs[6])], foreign)
     with pytest.raises(ValueError, match="pass `tokenize`"):
         find_contamination(["some text"], train)
     with pytest.raises(ValueError, match="shorter than n=8"):
