@@ -25,39 +25,68 @@ logger = logging.getLogger(__name__)
 
 
 class SourceStream:
-    """One source's training tokens as an endless stream (epochs repeat, with a log line); the position is the
-    state."""
+    """One source's training tokens as an endless stream (epochs repeat, with a log line); the position is the state.
 
-    def __init__(self, name: str, shard_dir: str | Path, eval_sequences: int):
+    A source is a shard folder, or one mix category of a shard folder (``{path, category}``): then the stream is the
+    pieces of that category in shard order (each ending with its EOS), so one curated folder can feed a data-mix
+    schedule over the paper's categories [3.1.2].
+    """
+
+    def __init__(self, name: str, source: str | dict, eval_sequences: int):
         self.name = name
-        self.reader = PackedShardReader(shard_dir)
+        path, category = (source, None) if isinstance(source, str) else (source["path"], source.get("category"))
+        self.path = str(path)
+        self.reader = PackedShardReader(path)
         self.row_len = self.reader.seq_len
         self.eos = int(self.reader.manifest["eos_token_id"])
         self.train_rows = len(self.reader) - eval_sequences
         if self.train_rows < 1:
             raise ValueError(
-                f"source {name!r} ({shard_dir}) has {len(self.reader)} sequences, not enough to hold out "
+                f"source {name!r} ({path}) has {len(self.reader)} sequences, not enough to hold out "
                 f"eval_sequences={eval_sequences} and train on the rest: curate more data or lower eval_sequences."
             )
+        self.spans = self._spans(category)
+        self.size = int(sum(n for _, _, n in self.spans))
+        if self.size == 0:
+            raise ValueError(f"source {name!r}: category {category!r} has no tokens in the training rows of {path}.")
+        self.ends = np.cumsum([n for _, _, n in self.spans])
         self.position = 0  # tokens consumed, over all epochs
+
+    def _spans(self, category: str | None) -> list[tuple[int, int, int]]:
+        """(row, start, length) pieces of the stream, in order."""
+        if category is None:
+            return [(row, 0, self.row_len) for row in range(self.train_rows)]
+        categories = self.reader.manifest["categories"]
+        if category not in categories:
+            raise ValueError(f"source {self.name!r}: no category {category!r} in {self.path} (it has {categories}).")
+        wanted = categories.index(category)
+        spans = []
+        for shard, first in zip(self.reader.manifest["shards"], self.reader.offsets):
+            segments = np.load(Path(self.path) / shard["segments"])
+            for row, start, length, cat in segments:
+                if cat == wanted and first + row < self.train_rows:
+                    spans.append((int(first + row), int(start), int(length)))
+        return spans
 
     def take(self, length: int) -> np.ndarray:
         """The next ``length`` tokens."""
         out = np.empty(length, dtype=np.int64)
-        filled, size = 0, self.train_rows * self.row_len
+        filled = 0
         while filled < length:
-            offset = self.position % size
-            row, col = divmod(offset, self.row_len)
+            offset = self.position % self.size
             if offset == 0 and self.position:
-                logger.info("source %s: starting epoch %d", self.name, self.position // size + 1)
-            n = min(length - filled, self.row_len - col)
+                logger.info("source %s: starting epoch %d", self.name, self.position // self.size + 1)
+            index = int(np.searchsorted(self.ends, offset, side="right"))
+            row, start, span = self.spans[index]
+            col = start + offset - (int(self.ends[index]) - span)
+            n = min(length - filled, start + span - col)
             out[filled : filled + n] = self.reader[row]["input_ids"][col : col + n]
             filled += n
             self.position += n
         return out
 
     def eval_rows(self, seq_len: int) -> np.ndarray:
-        """The held-out rows, cut to ``seq_len`` tokens: ``[eval_sequences, seq_len]``."""
+        """The held-out rows of the folder, cut to ``seq_len`` tokens: ``[eval_sequences, seq_len]``."""
         if seq_len > self.row_len:
             raise ValueError(
                 f"eval_seq_len={seq_len} is longer than the shard rows of {self.name!r} ({self.row_len})."
@@ -75,7 +104,7 @@ def to_batch(input_ids: np.ndarray | torch.Tensor, eos: int) -> dict[str, torch.
 class BatchBuilder:
     """Builds each global batch: sequence by sequence, the sampler picks a source under the current weights."""
 
-    def __init__(self, sources: dict[str, str], eval_sequences: int):
+    def __init__(self, sources: dict[str, str | dict], eval_sequences: int):
         self.streams = {name: SourceStream(name, path, eval_sequences) for name, path in sorted(sources.items())}
         eos = {s.eos for s in self.streams.values()}
         if len(eos) != 1:
@@ -94,8 +123,15 @@ class BatchBuilder:
         return to_batch(np.stack(rows), self.eos)
 
     def eval_batches(self, seq_len: int) -> dict[str, dict[str, torch.Tensor]]:
-        """Held-out batch of every source at ``seq_len``."""
-        return {name: to_batch(s.eval_rows(seq_len), self.eos) for name, s in self.streams.items()}
+        """Held-out batch of every shard folder at ``seq_len``, named by its first source (category views of one
+        folder share its held-out rows)."""
+        batches: dict[str, dict[str, torch.Tensor]] = {}
+        seen: set[str] = set()
+        for name, stream in self.streams.items():
+            if stream.path not in seen:
+                seen.add(stream.path)
+                batches[name] = to_batch(stream.eval_rows(seq_len), self.eos)
+        return batches
 
     def state_dict(self) -> dict:
         return {

@@ -252,7 +252,8 @@ class PretrainRecipe:
         parallel: ``ParallelDims`` fields (Table 4 layouts in the 405B recipe).
         fsdp: ``FSDPConfig`` fields.
         optimizer: ``OptimizerConfig`` fields: AdamW, warmup and cosine decay by step, used by stages 1 and 2.
-        sources: Data source name -> folder of packed shards (``hf-llama3 curate`` output, ``manifest.json``).
+        sources: Data source name -> folder of packed shards (``hf-llama3 curate`` output, ``manifest.json``), or
+            ``{path: folder, category: name}`` for one mix category of a folder.
         eval_sequences: Sequences held out at the end of each source for the short-context evaluation loss.
         eval_seq_len: Length of the evaluation sequences (the short context).
         tokenizer: ``llama3`` (the real tokenizer), a tokenizer folder, or null (no needle test, no tokenizer export).
@@ -293,6 +294,11 @@ class PretrainRecipe:
     peak_flops: float | None = None
 
     def __post_init__(self) -> None:
+        for name, source in self.sources.items():
+            if not (isinstance(source, str) or (isinstance(source, dict) and set(source) <= {"path", "category"})):
+                raise ValueError(
+                    f"sources.{name} must be a shard folder or {{path: ..., category: ...}}, got {source!r}."
+                )
         self.initial = _section(InitialConfig, self.initial, "initial")
         self.anneal = _section(AnnealConfig, self.anneal, "anneal")
         if self.long_context is not None:

@@ -1,0 +1,147 @@
+"""``hf-llama3 pretrain``: the paper's three-stage pre-training recipe [3.4], or the annealing data probe [3.1.3].
+
+    hf-llama3 pretrain --config recipes/tiny/pretrain.yaml                         # one process
+    torchrun --nproc-per-node 2 -m training.pretrain.cli --config recipes/tiny/pretrain.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m training.pretrain.cli --config ...   # gloo on CPU
+    hf-llama3 pretrain --config ... --set initial.tokens=65536 --set output_dir=run2   # dotted keys reach sections
+
+Rerunning the same command resumes from ``<output_dir>/checkpoints/latest``. The end product is ``<output_dir>/hf``:
+the Polyak average of the annealing snapshots with the tokenizer and a model card listing the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import yaml
+
+from hf_llama3.model_card import write_model_card
+from training.parallel.launch import _init_distributed
+from training.post_cli import build_config, parse_overrides, read_yaml, stage_parser
+
+from .anneal import AnnealStage, polyak_average
+from .config import PretrainRecipe
+from .initial import InitialStage
+from .long_context import LongContextStage
+from .probe import run_probe
+from .runner import RelaunchNeeded, Runner, load_tokenizer_setting
+from .state import RunState
+
+logger = logging.getLogger(__name__)
+
+
+def recipe_from_args(args: argparse.Namespace) -> PretrainRecipe:
+    """The recipe from ``--config`` and ``--set`` overrides; ``--set a.b=v`` sets key ``b`` of section ``a``."""
+    values: dict[str, Any] = read_yaml(args.config) if args.config is not None else {}
+    for key, value in parse_overrides(args.overrides).items():
+        *sections, field = key.split(".")
+        target = values
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                raise ValueError(f"--set {key}: {section!r} is not a section of the recipe.")
+            target = target[section]
+        target[field] = value
+    return build_config(PretrainRecipe, values, source=str(args.config or "command line"))
+
+
+def build_stages(recipe: PretrainRecipe) -> list:
+    """Stage 1, the K long-context stages, annealing."""
+    stages: list = [InitialStage(recipe.initial)]
+    if recipe.long_context is not None:
+        stages += [LongContextStage(recipe.long_context, k) for k in range(len(recipe.long_context.seq_lens))]
+    return stages + [AnnealStage(recipe.anneal)]
+
+
+def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Path:
+    """``<output_dir>/hf``: the Polyak average of the annealing snapshots, the tokenizer and a model card (rank 0).
+
+    Built in ``hf.partial`` and renamed, so ``hf`` is only ever a complete export.
+    """
+    output_dir = Path(recipe.output_dir)
+    final, partial = output_dir / "hf", output_dir / "hf.partial"
+    polyak_average(state.snapshots, partial, last=recipe.anneal.average_last)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(partial)
+    averaged = state.snapshots[-recipe.anneal.average_last :] if recipe.anneal.average_last else state.snapshots
+    gates = [
+        f"| {g['stage']} | {g['step']} | {g['short_loss']:.4f} / {g['baseline_loss']:.4f} | "
+        f"{'passed' if g['passed'] else 'not passed: ' + '; '.join(g['reasons'])} |"
+        for g in state.gates
+    ]
+    recipe_yaml = yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False)
+    write_model_card(
+        partial,
+        recipe.model_config(),
+        title=f"hf-llama3 pre-trained {recipe.model}",
+        remote_code=True,
+        sections={
+            "Training": (
+                f"Pre-trained with `hf-llama3 pretrain` on {state.tokens:,} tokens in three stages [Llama 3, 3.4]: "
+                f"initial pre-training, {len(recipe.long_context.seq_lens) if recipe.long_context else 0} "
+                f"long-context stages, annealing with the LR linearly to 0. The weights are the Polyak average of "
+                f"{len(averaged)} annealing checkpoints."
+            ),
+            "Long-context gates": "\n".join(
+                ["| stage | step | short loss / before | gate |", "|---|---|---|---|", *gates]
+                if gates
+                else ["No long-context stage."]
+            ),
+            "Recipe": f"```yaml\n{recipe_yaml}```",
+        },
+        tags=["pretraining"],
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    logger.info("Exported the Polyak-averaged model to %s", final)
+    return final
+
+
+def run_recipe(recipe: PretrainRecipe) -> dict[str, Any]:
+    """Run the recipe in an initialised process group; returns a JSON-able summary (same on every rank)."""
+    needs_tokenizer = recipe.long_context is not None and recipe.long_context.needle
+    tokenizer = load_tokenizer_setting(recipe.tokenizer) if (needs_tokenizer or recipe.mode == "pretrain") else None
+    if needs_tokenizer and tokenizer is None:
+        raise ValueError("long_context.needle needs a tokenizer: set tokenizer (e.g. llama3) or needle: false.")
+    if recipe.mode == "probe":
+        return {"probe": run_probe(recipe, tokenizer)}
+    state = Runner(recipe, build_stages(recipe), recipe.output_dir, tokenizer=tokenizer).run()
+    export = Path(recipe.output_dir) / "hf"
+    if dist.get_rank() == 0:
+        export_final(recipe, state, tokenizer)
+    dist.barrier()
+    return {"tokens": state.tokens, "gates": state.gates, "snapshots": state.snapshots, "export": str(export)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hf-llama3 pretrain`` and ``python -m training.pretrain.cli`` (torchrun/accelerate)."""
+    parser = stage_parser("pretrain", "Pre-train Llama 3 with the paper's three-stage recipe [3.4] (TP/CP/PP/FSDP).")
+    recipe = recipe_from_args(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    launched = _init_distributed(recipe.device)
+    if dist.get_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        summary = run_recipe(recipe)
+    except RelaunchNeeded as error:
+        logger.error("%s", error)
+        return 3
+    finally:
+        dist.destroy_process_group()
+    if not launched or int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({k: summary[k] for k in summary if k != "gates"} | {"gates": len(summary.get("gates", []))}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
