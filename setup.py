@@ -40,6 +40,8 @@ EXTRAS = {
         "pygments>=2.17",
         "sympy>=1.12",
     ],
+    # Only for benchmarks/curate.py: the stock datatrove FineWeb-style pipeline it compares against.
+    "data-bench": ["trafilatura>=1.6", "spacy>=3.7", "tldextract>=5.0", "pyahocorasick>=2.0", "fasteners>=0.19"],
     "dev": [
         "trl>=1.0,<2",
         "peft>=0.17",

@@ -26,6 +26,7 @@ from data.pii import PiiConfig
 from data.quality import QualityConfig
 from data.readers import ReaderConfig
 from data.shards import ShardConfig
+from data.topics import TopicConfig
 from data.url_filter import UrlFilterConfig
 
 
@@ -53,6 +54,7 @@ class CurateConfig:
     minhash: MinHashConfig = field(default_factory=MinHashConfig)
     line_dedup: LineDedupConfig = field(default_factory=LineDedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 

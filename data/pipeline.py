@@ -4,7 +4,7 @@
    domain tag, language ID, PII, heuristics. Each task writes ``NNNNN.jsonl.gz`` then ``NNNNN.stats.json``
    (its completion marker), both through temporary names.
 2. ``deduped/``: over all stage-1 output in file order: URL dedup (newest crawl), global MinHash, CCNet
-   line dedup, model-based quality; ``docs.jsonl.gz`` then ``stats.json``.
+   line dedup, model-based quality, knowledge topics; ``docs.jsonl.gz`` then ``stats.json``.
 3. ``shards/``: mix categories, topic downsampling, Llama 3 tokenization, packing; ``manifest.json`` last.
 
 A rerun skips every task whose marker exists and redoes the others from scratch, so a crash never
@@ -44,6 +44,7 @@ from data.quality import QualityFilter
 from data.readers import InputReader, list_input_files
 from data.report import build_report, write_report
 from data.shards import MANIFEST, write_shards
+from data.topics import TopicClassifier
 from data.url_filter import UrlBlocklistFilter
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,8 @@ def run_stage2(config: CurateConfig, stage1: Path, n_files: int, out: Path) -> N
             kept.append(doc)
         else:
             stats.dropped("QualityFilter", result[1], chars)
+    if config.topics.enabled:
+        TopicClassifier(config.topics).tag(kept)
     _write_jsonl_gz(out / "docs.jsonl.gz", kept)
     _write_json(out / "stats.json", {"kept": len(kept), "steps": stats.as_list()})
 

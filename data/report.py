@@ -45,7 +45,10 @@ def build_report(
             reader_skipped[reason] = reader_skipped.get(reason, 0) + n
     languages: dict[str, dict] = {}
     categories: dict[str, dict] = {}
+    topics: dict[str, int] = {}
     for doc in final_docs:
+        if "topic" in doc.metadata:
+            topics[doc.metadata["topic"]] = topics.get(doc.metadata["topic"], 0) + 1
         lang = languages.setdefault(str(doc.metadata.get("lang", "unknown")), {"docs": 0, "chars": 0})
         lang["docs"] += 1
         lang["chars"] += len(doc.text)
@@ -66,6 +69,7 @@ def build_report(
         "kept_documents": stage2["kept"],
         "languages": dict(sorted(languages.items(), key=lambda kv: -kv[1]["docs"])),
         "categories": dict(sorted(categories.items())),
+        "topics": dict(sorted(topics.items())),
         "shards": {
             "sequences": manifest["sequences"],
             "seq_len": manifest["seq_len"],
