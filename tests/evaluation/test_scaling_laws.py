@@ -141,3 +141,16 @@ def test_plots_render(tmp_path):
         assert image.shape[0] > 200 and image.shape[1] > 200
         assert image[..., :3].std() > 0.05  # something was drawn
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forecast.png", "isoflops.png", "power_law.png"]
+
+
+def test_budgets_without_a_minimum_are_skipped_on_request():
+    points = synthetic_sweep(PAPER_ALPHA, PAPER_A, 0, noise=1e-4)
+    worst = max(p.compute for p in points)
+    # Make the largest budget concave (loss peaks in the middle): it has no minimum.
+    points = [p if p.compute != worst else SweepPoint(p.compute, p.params, p.tokens, 3.0 - p.loss) for p in points]
+    with pytest.raises(ValueError, match="not convex"):
+        fit_isoflops(points)
+    fit = fit_isoflops(points, n_bootstrap=100, skip_invalid=True)
+    assert list(fit.skipped) == [worst] and len(fit.parabolas) == 7
+    assert fit.law.alpha == pytest.approx(PAPER_ALPHA, rel=0.02)
+    assert "not convex" in fit.to_dict()["skipped_budgets"][f"{worst:.6g}"]
