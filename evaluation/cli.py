@@ -172,12 +172,18 @@ def _needle(args: argparse.Namespace) -> int:
 
 
 def _contamination(args: argparse.Namespace) -> int:
-    from evaluation.contamination import ContaminationConfig, find_contamination, read_jsonl_field, split_scores
+    from evaluation.contamination import (
+        ContaminationConfig,
+        find_contamination,
+        iter_training_data,
+        read_jsonl_field,
+        split_scores,
+    )
     from hf_llama3 import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     examples = list(read_jsonl_field(args.eval, (args.field, "input_ids")))
-    training = (item for path in args.train for item in read_jsonl_field(path))
+    training = iter_training_data(args.train)
     report = find_contamination(
         examples,
         training,
@@ -236,7 +242,9 @@ def eval_main(argv: list[str]) -> int:
     contamination = sub.add_parser("contamination", help="n-gram overlap of a benchmark with training data")
     contamination.add_argument("--eval", required=True, type=Path, help="benchmark JSONL")
     contamination.add_argument("--field", default="text", help="the benchmark's text field")
-    contamination.add_argument("--train", required=True, nargs="+", help="training JSONL shards (text or input_ids)")
+    contamination.add_argument(
+        "--train", required=True, nargs="+", help="shard folders from `hf-llama3 curate`, or JSONL (text or input_ids)"
+    )
     contamination.add_argument("--scores", type=Path, help="JSONL of per-example 'score', to split clean/dirty")
     contamination.add_argument("--n", type=int, default=8)
     contamination.add_argument("--threshold", type=float, default=0.5)

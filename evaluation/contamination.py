@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,6 +218,25 @@ def split_scores(report: ContaminationReport, scores: Sequence[float]) -> dict[s
         "num_contaminated": int(dirty.sum()),
         "delta": None if clean_mean is None or dirty_mean is None else dirty_mean - clean_mean,
     }
+
+
+def iter_training_data(paths: Sequence[str | os.PathLike]) -> Iterator[str | Tokens]:
+    """Training data for :func:`find_contamination` from files and folders, streamed in order.
+
+    A folder with a ``manifest.json`` is a packed shard folder of the data pipeline (``hf-llama3 curate``),
+    read with ``data.shards.PackedShardReader`` one token sequence at a time (an n-gram cut by a sequence
+    boundary is not seen); a ``.jsonl`` file yields each line's ``text`` or ``input_ids``.
+    """
+    from data.shards import MANIFEST, PackedShardReader
+
+    for path in map(Path, paths):
+        if path.is_dir() and (path / MANIFEST).is_file():
+            for sample in PackedShardReader(path):
+                yield sample["input_ids"]
+        elif path.is_file():
+            yield from read_jsonl_field(path)
+        else:
+            raise FileNotFoundError(f"{path} is neither a shard folder (with {MANIFEST}) nor a JSONL file.")
 
 
 def read_jsonl_field(path: str | os.PathLike, fields: Sequence[str] = ("text", "input_ids")) -> Iterable[str | Tokens]:

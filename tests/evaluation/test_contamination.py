@@ -7,7 +7,13 @@ import random
 import numpy as np
 import pytest
 
-from evaluation.contamination import ContaminationConfig, find_contamination, read_jsonl_field, split_scores
+from evaluation.contamination import (
+    ContaminationConfig,
+    find_contamination,
+    iter_training_data,
+    read_jsonl_field,
+    split_scores,
+)
 
 
 def brute_force_scores(eval_ids, train_ids, n):
@@ -109,3 +115,28 @@ def test_bad_input_has_clear_errors(encode, reference_docs, tmp_path):
     bad.write_text('{"text": "ok"}\n{"other": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: none of the fields"):
         list(read_jsonl_field(bad))
+
+
+def test_reads_the_data_pipelines_packed_shards(tokenizer, reference_docs, humaneval_prompts, tmp_path):
+    from data.mix import MixConfig
+    from data.shards import ShardConfig, write_shards
+
+    texts = [*reference_docs[:60], humaneval_prompts[4]]
+    write_shards(
+        texts,
+        ["general"] * len(texts),
+        tokenizer,
+        tmp_path / "shards",
+        MixConfig(weights={"general": 1.0}),
+        ShardConfig(seq_len=256, sequences_per_shard=8, datatrove_export=False),
+    )
+    report = find_contamination(
+        humaneval_prompts[:8],
+        iter_training_data([tmp_path / "shards"]),
+        tokenize=lambda t: tokenizer.encode(t, add_special_tokens=False),
+    )
+    # Packing may cut the planted prompt across two sequences: the n-grams on the cut are lost, the rest found.
+    assert report.contaminated_indices == [4]
+    assert report.examples[4].score > 0.8
+    with pytest.raises(FileNotFoundError, match="neither a shard folder"):
+        list(iter_training_data([tmp_path / "nothing"]))
