@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("training.dpo:main", "DPO with formatting tokens masked and a 0.2 NLL term [4.1.4]"),
     "rounds": ("training.rounds:main", "iterative post-training rounds: RM, rejection sampling, SFT, DPO, average [4.1.6]"),
     # 4D-parallel pre-training engine and Nanotron bridge [3.3.2] (training/parallel/, training/nanotron/).
-    "pretrain": ("training.parallel.launch:main", "pre-train with TP/CP/PP/FSDP (torchrun or one process) [3.3.2]"),
+    "pretrain": ("training.pretrain.cli:main", "three-stage pre-training recipe: ramps, long context, annealing [3.4]"),
     "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
     "tokenizer": ("hf_llama3.tokenizer_train:main", "`tokenizer train`: BPE in Llama 3's layout on your corpus [3.2]"),
     # Evaluation [3.2.1, 3.4.2, 5] (evaluation/; the IsoFLOPs sweep trains, so it enters through training/).

@@ -26,7 +26,9 @@ import torch.distributed as dist
 import yaml
 
 from hf_llama3.model_card import write_model_card
+from training.parallel.dims import ParallelDims
 from training.parallel.launch import _init_distributed
+from training.parallel.spawn import run_local
 from training.post_cli import build_config, parse_overrides, read_yaml, stage_parser
 
 from .anneal import AnnealStage, polyak_average
@@ -123,12 +125,42 @@ def run_recipe(recipe: PretrainRecipe) -> dict[str, Any]:
     return {"tokens": state.tokens, "gates": state.gates, "snapshots": state.snapshots, "export": str(export)}
 
 
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(json.dumps({k: v for k, v in summary.items() if k != "gates"} | {"gates": len(summary.get("gates", []))}))
+
+
+def _spawned(rank: int, world_size: int, recipe: PretrainRecipe) -> None:
+    """One of the local CPU processes ``main`` starts when not launched by torchrun."""
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    summary = run_recipe(recipe)
+    if rank == 0:
+        _print_summary(summary)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``hf-llama3 pretrain`` and ``python -m training.pretrain.cli`` (torchrun/accelerate)."""
+    """Entry point of ``hf-llama3 pretrain`` and ``python -m training.pretrain.cli`` (torchrun/accelerate).
+
+    Without torchrun, a CPU recipe whose layout needs N processes runs on N local gloo processes started here.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = stage_parser("pretrain", "Pre-train Llama 3 with the paper's three-stage recipe [3.4] (TP/CP/PP/FSDP).")
-    recipe = recipe_from_args(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(argv)
+    if args.config is not None and "initial" not in read_yaml(args.config):
+        # A config without stages is the parallel engine's single-shape loop (recipes/tiny/pretrain_parallel.yaml).
+        from training.parallel.launch import main as engine_main
+
+        return engine_main(argv)
+    recipe = recipe_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    launched = _init_distributed(recipe.device)
+    worlds = sorted({ParallelDims(**layout).world_size for *_, layout in recipe.batch_shapes()})
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not launched and recipe.device == "cpu" and worlds[-1] > 1:
+        if len(worlds) > 1:
+            raise ValueError(f"the stages' layouts need {worlds} processes: launch each part with torchrun.")
+        run_local(worlds[0], _spawned, recipe)
+        return 0
+    _init_distributed(recipe.device)
     if dist.get_rank() != 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:
@@ -138,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     finally:
         dist.destroy_process_group()
-    if not launched or int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({k: summary[k] for k in summary if k != "gates"} | {"gates": len(summary.get("gates", []))}))
+    if int(os.environ.get("RANK", 0)) == 0:
+        _print_summary(summary)
     return 0
 
 

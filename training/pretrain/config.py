@@ -117,7 +117,8 @@ class LongContextConfig:
 
     Args:
         seq_lens: Context length of each stage, increasing.
-        batch_tokens: Tokens per step (a multiple of every length).
+        batch_tokens: Tokens per step, one number or one per stage, each a multiple of its stage's length (the paper
+            gives no long-context batch size).
         min_tokens: Tokens before the first gate check of a stage.
         max_tokens: Token budget of a stage; reaching it without passing ends the stage with a report.
         gate_every: Steps between gate checks once ``min_tokens`` are done.
@@ -134,7 +135,7 @@ class LongContextConfig:
     """
 
     seq_lens: list
-    batch_tokens: int
+    batch_tokens: int | list
     min_tokens: int
     max_tokens: int
     weights: dict
@@ -151,9 +152,13 @@ class LongContextConfig:
         self.seq_lens = [int(n) for n in self.seq_lens]
         if any(b <= a for a, b in zip(self.seq_lens, self.seq_lens[1:])) or min(self.seq_lens, default=0) < 2:
             raise ValueError(f"long_context.seq_lens must be increasing lengths >= 2, got {self.seq_lens}.")
-        bad = [n for n in self.seq_lens if self.batch_tokens % n]
-        if bad:
-            raise ValueError(f"long_context.batch_tokens={self.batch_tokens} is not a multiple of the lengths {bad}.")
+        if isinstance(self.batch_tokens, int):
+            self.batch_tokens = [self.batch_tokens] * len(self.seq_lens)
+        self.batch_tokens = [int(b) for b in self.batch_tokens]
+        if len(self.batch_tokens) != len(self.seq_lens):
+            raise ValueError("long_context.batch_tokens needs one number, or one per entry of seq_lens.")
+        for length, batch_tokens in zip(self.seq_lens, self.batch_tokens):
+            RampPoint(0, batch_tokens, length)  # whole sequences per step
         if not 0 < self.min_tokens <= self.max_tokens:
             raise ValueError("long_context needs 0 < min_tokens <= max_tokens.")
         if self.gate_every < 1 or self.loss_tolerance < 0 or self.needle_trials < 1:
@@ -341,7 +346,7 @@ class PretrainRecipe:
         shapes = [(p.seq_len, p.batch_tokens, self.layout("initial")) for p in self.initial.ramp]
         if self.long_context is not None:
             lc = self.long_context
-            shapes += [(n, lc.batch_tokens, self.layout("long_context")) for n in lc.seq_lens]
+            shapes += [(n, b, self.layout("long_context")) for n, b in zip(lc.seq_lens, lc.batch_tokens)]
         return shapes + [(self.anneal.seq_len, self.anneal.batch_tokens, self.layout("anneal"))]
 
     def model_config(self) -> Llama3Config:

@@ -50,7 +50,8 @@ class LongContextStage:
 
     def plan(self, run: Runner) -> StepPlan:
         lr = cosine_lr(run.trainer.step_count, run.optimizer)
-        return StepPlan(self.config.batch_tokens // self.seq_len, self.seq_len, self.config.weights, lr)
+        batch_size = self.config.batch_tokens[self.index] // self.seq_len
+        return StepPlan(batch_size, self.seq_len, self.config.weights, lr)
 
     def end_of_step(self, run: Runner) -> bool:
         tokens, cfg = run.state.stage_tokens, self.config
