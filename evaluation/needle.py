@@ -162,12 +162,20 @@ def build_haystack(tokenizer: Any, corpus: Iterable[str], num_tokens: int) -> li
     return haystack
 
 
-def _check_vocab(tokenizer: Any, model: Any, haystack: list[int]) -> None:
-    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+def _check_model(model: Any, haystack: list[int], max_length: int) -> None:
+    """The tokenizer's ids must fit the model's vocabulary, and the longest prompt its context."""
+    config = getattr(model, "config", None)
+    vocab_size = getattr(config, "vocab_size", None)
     if vocab_size is not None and max(haystack) >= vocab_size:
         raise ValueError(
             f"the tokenizer produces id {max(haystack)} but the model's vocabulary has {vocab_size} entries: "
             "the tokenizer does not belong to this model; pass the model's own tokenizer."
+        )
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and max_length > context:
+        raise ValueError(
+            f"needle length {max_length} exceeds the model's context of {context} tokens "
+            "(max_position_embeddings); test lengths up to the context the model was trained for."
         )
 
 
@@ -242,7 +250,7 @@ def run_needle(model: Any, tokenizer: Any, config: NeedleConfig, corpus: Iterabl
     # One haystack long enough for the longest prompt at any trial offset (offsets vary the text per trial).
     stride = max(1, max_length // 4)
     haystack = build_haystack(tokenizer, corpus, max_length + stride * (config.trials - 1))
-    _check_vocab(tokenizer, model, haystack)
+    _check_model(model, haystack, max_length)
     scores = np.zeros((len(config.lengths), len(config.depths)))
     records: list[dict[str, Any]] = []
     cells = [(i, j) for i in range(len(config.lengths)) for j in range(len(config.depths))]

@@ -66,6 +66,7 @@ class IsoFLOPsConfig:
         tokenizer: tokenizer path for ``hf_llama3.load_tokenizer``; None is the real Llama 3 tokenizer.
         output_dir: receives results.jsonl, fit.json and the PNG plots.
         extrapolate_to: also forecast the compute-optimal model at this budget (paper: 3.8e25 FLOPs).
+        device: where the models train ("cpu", "cuda", ...).
         num_threads: torch intra-op threads for the sweep; None keeps torch's default. Models this small
             gain nothing from more threads and slow down badly when the cores are shared (use 1 for CPU sweeps).
         seed: model initialisation and data order.
@@ -87,6 +88,7 @@ class IsoFLOPsConfig:
     compact_vocab: bool = False
     tokenizer: str | None = None
     extrapolate_to: float | None = None
+    device: str = "cpu"
     num_threads: int | None = None
     seed: int = 0
 
@@ -175,7 +177,7 @@ def validation_loss(model: Llama3ForCausalLM, val: np.ndarray, config: IsoFLOPsC
     """Mean next-token loss over the first ``val_tokens`` validation tokens, in whole sequences."""
     model.eval()
     rows = config.val_tokens // config.seq_len
-    batch = torch.from_numpy(val[: rows * config.seq_len].reshape(rows, config.seq_len))
+    batch = torch.from_numpy(val[: rows * config.seq_len].reshape(rows, config.seq_len)).to(config.device)
     loss = float(model(input_ids=batch, labels=batch).loss)
     model.train()
     return loss
@@ -187,7 +189,7 @@ def train_one(
     """Train one size at one budget for budget / (6N) tokens and return its results record."""
     train, val, vocab_size = data
     torch.manual_seed(config.seed)
-    model = build_model(config, size, vocab_size)
+    model = build_model(config, size, vocab_size).to(config.device)
     n = compute_params(model)
     tokens_per_step = config.batch_size * config.seq_len
     steps = max(1, round(budget / (FLOPS_PER_PARAM_TOKEN * n) / tokens_per_step))
@@ -198,7 +200,7 @@ def train_one(
     model.train()
     batches = _batches(train, config.batch_size, config.seq_len)
     for _ in tqdm(range(steps), desc=f"C={budget:.2g} N={n}", unit="step", leave=False):
-        batch = next(batches)
+        batch = next(batches).to(config.device)
         loss = model(input_ids=batch, labels=batch).loss
         if not torch.isfinite(loss):
             raise ValueError(f"training diverged at C={budget:.3g}, N={n} (loss {float(loss)}); lower peak_lr_range.")

@@ -100,6 +100,18 @@ def test_bad_input_is_rejected(tokenizer, corpus):
     )
     with pytest.raises(ValueError, match="does not belong to this model"):
         run_needle(foreign, tokenizer, NeedleConfig(lengths=[64]), corpus)
+    short = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128256,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+        )
+    )
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        run_needle(short, tokenizer, NeedleConfig(lengths=[64, 256]), corpus)
     with pytest.raises(ValueError, match="haystack corpus is empty"):
         run_needle(CopyingOracle(tokenizer), tokenizer, NeedleConfig(lengths=[64]), ["", "  "])
     with pytest.raises(ValueError, match="depths must be fractions"):
