@@ -30,6 +30,7 @@ import io
 import json
 import pydoc
 import random
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def pydoc_pages() -> list[tuple[str, str]]:
     pages = []
     for name in PYDOC_MODULES:
         module = __import__(name)
-        body = pydoc.html.document(module, name)
+        body = re.sub(
+            r"(&nbsp;| )at(&nbsp;| )0x[0-9a-f]+", "", pydoc.html.document(module, name)
+        )  # reprs: reproducible build
         pages.append((f"{SITE}/library/{name}.html", _template(f"Python: module {name}", body)))
     return pages
 
@@ -219,9 +222,9 @@ def planted_pages(pages: list[tuple[str, str]]) -> list[tuple[str, str, bytes, s
     return out
 
 
-def warc_record(url: str, date: str, body: bytes, charset: str) -> bytes:
+def warc_record(url: str, date: str, body: bytes, charset: str, mime: str = "text/html") -> bytes:
     """One gzip member holding a WARC/1.0 response record with its HTTP header."""
-    ctype = f"text/html; charset={charset}" if charset else "text/html"
+    ctype = f"{mime}; charset={charset}" if charset else mime
     http = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     record_id = hashlib.sha1(f"{url}{date}".encode()).hexdigest()
     head = (

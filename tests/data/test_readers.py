@@ -61,6 +61,13 @@ def test_parquet_and_gzip_jsonl_and_html_folder(tmp_path):
     assert stats["skipped_undecodable"] == 1
 
 
+def test_non_html_warc_records_are_skipped(tmp_path):
+    record = warc_record("http://a.example/x.pdf", "2023-01-01T00:00:00Z", b"%PDF-1.4 binary", "", "application/pdf")
+    (tmp_path / "pdf.warc.gz").write_bytes(record)
+    docs, stats = read([tmp_path])
+    assert docs == [] and stats["skipped_not_html"] == 1
+
+
 def test_oversized_pages_are_skipped(tmp_path):
     big = b"<html><body>" + b"<p>word</p>" * (50_000_000 // 11) + b"</body></html>"  # a 50 MB page
     (tmp_path / "big.html").write_bytes(big)
