@@ -116,3 +116,19 @@ def test_bad_input_is_refused(tmp_path):
         run_benchmarks(gpt2, [task])
     with pytest.raises(FileNotFoundError):
         run_benchmarks(tmp_path / "missing", [task])
+
+
+def test_stock_llama_export_scores_the_same_and_meta_layout_is_refused(checkpoint, tmp_path):
+    from hf_llama3.convert import convert_checkpoint
+
+    folder, _ = checkpoint
+    rows = [{"question": f"Is {i} even?", "choices": ["yes", "no", "maybe"], "answer": i % 2} for i in range(6)]
+    task = multiple_choice_task(write_jsonl(tmp_path / "parity.jsonl", rows), name="parity")
+    llama = convert_checkpoint(folder, tmp_path / "llama", to="llama")
+    assert json.loads((llama / "config.json").read_text())["model_type"] == "llama"
+    ours_result = run_benchmarks(folder, [task])
+    llama_result = run_benchmarks(llama, [task])
+    assert llama_result.per_example["parity"] == ours_result.per_example["parity"]
+    meta = convert_checkpoint(folder, tmp_path / "meta", to="meta")
+    with pytest.raises(ValueError, match="convert it first"):
+        run_benchmarks(meta, [task])
