@@ -1,0 +1,153 @@
+"""The whole recipe on 2 CPU processes (FSDP for stage 1, context parallelism for long context and annealing):
+the tiny recipe with the real tokenizer end to end, kill -9 in every stage then resume to identical weights, and
+the annealing data probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.multiprocessing import ProcessExitedException
+from transformers import AutoModelForCausalLM
+
+from hf_llama3.cli import main as cli_main
+from training.parallel.checkpoint import FAULT_ENV
+
+from .conftest import write_test_shards
+
+pytestmark = pytest.mark.slow
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+CATEGORIES = ("general", "math_reasoning", "code", "multilingual")
+
+
+def _sources(folder: Path) -> str:
+    return yaml.safe_dump({c: {"path": str(folder), "category": c} for c in CATEGORIES}, default_flow_style=True)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_recipe_runs_all_three_stages(tmp_path):
+    from hf_llama3 import load_tokenizer
+
+    shards = tmp_path / "shards"
+    write_test_shards(shards, load_tokenizer(), seq_len=512, documents=400)
+    out = tmp_path / "run"
+    argv = ["pretrain", "--config", str(RECIPES / "tiny" / "pretrain.yaml"), "--set", f"output_dir={out}"]
+    argv += ["--set", f"sources={_sources(shards)}", "--set", "initial.tokens=10240"]
+    argv += ["--set", "long_context.max_tokens=2048", "--set", "anneal.tokens=4096", "--set", "anneal.average_every=1"]
+    assert cli_main(argv) == 0
+
+    steps = _records(out / "metrics.jsonl")
+    stages = [r["stage"] for r in steps]
+    assert stages == ["initial"] * 7 + ["long_context_1_256", "long_context_2_512", "anneal", "anneal"]
+    shapes = [(r["batch_size"], r["seq_len"]) for r in steps]
+    assert shapes == [(16, 64)] * 4 + [(16, 128)] * 3 + [(8, 256), (4, 512), (4, 512), (4, 512)]
+    initial = [r["loss"] for r in steps if r["stage"] == "initial"]
+    assert initial[-1] < initial[0] - 0.5, initial  # the loss falls in stage 1
+    assert not any(r["skipped"] for r in steps)
+
+    gates = _records(out / "gates.jsonl")
+    assert [g["stage"] for g in gates] == ["long_context_1_256", "long_context_2_512"]
+    for gate in gates:  # passed, or a report naming every failing check
+        assert gate["passed"] or all("needle length" in r or "short-context loss" in r for r in gate["reasons"])
+        assert gate["needle"]["lengths"][-1] == int(gate["stage"].rsplit("_", 1)[1])
+    assert len(list((out / "gates").glob("*.png"))) == 2
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    export = out / "hf"
+    snapshots = sorted((out / "anneal").glob("step_*"))
+    assert len(snapshots) == 2
+    averaged = load_file(export / "model.safetensors")
+    for name, tensor in averaged.items():
+        parts = [load_file(s / "model.safetensors")[name] for s in snapshots]
+        torch.testing.assert_close(tensor, (parts[0] + parts[1]) / 2, rtol=0, atol=1e-7)
+    model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)
+    assert model.config.vocab_size == 128256
+    card = (export / "README.md").read_text()
+    assert "## Recipe" in card and "long_context_2_512" in card
+    assert (export / "tokenizer.json").is_file()
+
+
+def _small_recipe(tmp_path: Path, shards: Path, output: Path) -> Path:
+    """The tiny recipe at vocab 512 without the tokenizer: 6 + 2 + 2 steps in seconds."""
+    recipe = yaml.safe_load((RECIPES / "tiny" / "pretrain.yaml").read_text())
+    recipe.update(
+        model_overrides={"vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+        sources={c: {"path": str(shards), "category": c} for c in CATEGORIES},
+        tokenizer=None,
+        eval_seq_len=64,
+        output_dir=str(output),
+        checkpoint_every=2,
+        report_to=["jsonl"],
+    )
+    recipe["initial"].update(
+        tokens=2048,
+        ramp=[
+            {"after_tokens": 0, "batch_tokens": 256, "seq_len": 32},
+            {"after_tokens": 1024, "batch_tokens": 512, "seq_len": 64},
+        ],
+    )
+    recipe["long_context"].update(seq_lens=[128, 256], batch_tokens=512, min_tokens=512, max_tokens=1024, needle=False)
+    recipe["anneal"].update(tokens=1024, seq_len=256, batch_tokens=512, average_every=1)
+    path = tmp_path / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_shards, monkeypatch):
+    reference = _small_recipe(tmp_path, byte_shards, tmp_path / "reference")
+    assert cli_main(["pretrain", "--config", str(reference)]) == 0
+    steps = _records(tmp_path / "reference" / "metrics.jsonl")
+    first = {}
+    for index, record in enumerate(steps):
+        first.setdefault(record["stage"].split("_")[0], index)
+    kills = [first["initial"] + 3, first["long"], first["anneal"] + 1]  # 0-based step indices, one per stage
+
+    resumed = _small_recipe(tmp_path, byte_shards, tmp_path / "resumed")
+    for step, rank in zip(kills, [1, 0, 1]):
+        monkeypatch.setenv(FAULT_ENV, f"step:{step}:{rank}")
+        with pytest.raises(ProcessExitedException, match="SIGKILL"):
+            cli_main(["pretrain", "--config", str(resumed)])
+        assert not (tmp_path / "resumed" / "hf").exists()
+    monkeypatch.delenv(FAULT_ENV)
+    assert cli_main(["pretrain", "--config", str(resumed)]) == 0
+
+    want = load_file(tmp_path / "reference" / "hf" / "model.safetensors")
+    got = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    reference_steps = [(r["stage"], r["loss"]) for r in steps]
+    resumed_steps = {(r["stage"], r["step"]): r["loss"] for r in _records(tmp_path / "resumed" / "metrics.jsonl")}
+    assert [resumed_steps[(stage, i + 1)] for i, (stage, _) in enumerate(reference_steps)] == [
+        loss for _, loss in reference_steps
+    ]
+
+    # Annealing as a data probe [3.1.3] from the reference run's last checkpoint: 30% code, 70% default mix.
+    checkpoint = (
+        tmp_path
+        / "reference"
+        / "checkpoints"
+        / (tmp_path / "reference" / "checkpoints" / "latest").read_text().strip()
+    )
+    probe = yaml.safe_load(reference.read_text())
+    probe.update(
+        mode="probe",
+        probe={"checkpoint": str(checkpoint), "source": "code", "weight": 0.3},
+        output_dir=str(tmp_path / "probe"),
+    )
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
+    assert cli_main(["pretrain", "--config", str(tmp_path / "probe.yaml")]) == 0
+    report = json.loads((tmp_path / "probe" / "probe_report.json").read_text())
+    assert set(report["delta"]) == set(report["before"]) and "mean" in report["delta"]
+    assert report["candidate"]["weights"]["code"] == pytest.approx(0.3 + 0.7 * 0.30)
+    for arm in ("control", "candidate"):
+        records = _records(tmp_path / "probe" / "probe" / arm / "metrics.jsonl")
+        assert [r["stage"] for r in records] == ["anneal", "anneal"]
+        assert records[0]["step"] == int(checkpoint.name.split("_")[1]) + 1  # continues from the checkpoint
