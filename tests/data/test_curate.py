@@ -60,7 +60,7 @@ def test_report_counts_every_step_reason_language_and_category(uninterrupted):
     assert summary["sequences"] == report["shards"]["sequences"] > 0
 
 
-def test_kill_mid_run_then_rerun_gives_identical_output(uninterrupted, tmp_path):
+def test_kill_mid_run_then_resume_with_two_workers_gives_identical_output(uninterrupted, tmp_path):
     reference, _ = uninterrupted
     out = tmp_path / "run"
     proc = subprocess.Popen(curate_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -72,7 +72,10 @@ def test_kill_mid_run_then_rerun_gives_identical_output(uninterrupted, tmp_path)
     proc.wait()
     assert proc.returncode != 0, "the run finished before it could be killed"
     assert not (out / "shards" / "manifest.json").exists()
-    result = subprocess.run(curate_cmd(out), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    # Resume with two worker processes: neither the interruption nor the parallelism changes a byte.
+    result = subprocess.run(
+        [*curate_cmd(out), "--set", "workers=2"], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert tree_digest(out) == tree_digest(reference)
 

@@ -61,6 +61,16 @@ def test_parquet_and_gzip_jsonl_and_html_folder(tmp_path):
     assert stats["skipped_undecodable"] == 1
 
 
+def test_corrupt_files_are_counted_and_skipped(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    rows = gzip.compress(b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(100)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(rows[: len(rows) // 2])
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"text": "still read"}) + "\n")
+    docs, stats = read([tmp_path])
+    assert docs[-1].text == "still read"
+    assert stats["skipped_corrupt_file"] == 2
+
+
 def test_non_html_warc_records_are_skipped(tmp_path):
     record = warc_record("http://a.example/x.pdf", "2023-01-01T00:00:00Z", b"%PDF-1.4 binary", "", "application/pdf")
     (tmp_path / "pdf.warc.gz").write_bytes(record)
