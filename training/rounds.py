@@ -364,6 +364,19 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
+def demo_round(base_model: str | Path, output_dir: str | Path, num_rounds: int = 1) -> list[dict[str, Any]]:
+    """The tiny recipe (``recipes/tiny/rounds.yaml``) on ``base_model`` for ``num_rounds`` rounds (``make demo``)."""
+    from training.post_cli import read_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    values = read_yaml(repo / "recipes" / "tiny" / "rounds.yaml")
+    for key in ("prompts_path", "preference_path"):
+        values[key] = str(repo / values[key])
+    values["sft_extra_paths"] = [str(repo / p) for p in values["sft_extra_paths"]]
+    values |= {"base_model": str(base_model), "output_dir": str(output_dir), "num_rounds": num_rounds}
+    return RoundsRunner(build_config(RoundsConfig, values, source="recipes/tiny/rounds.yaml")).run()
+
+
 def main(argv: list[str]) -> int:
     """``hf-llama3 rounds``: run (or resume) the iterative post-training recipe [4.1.6]."""
     args = stage_parser("rounds", "Iterative post-training rounds (paper 4.1.6); reruns resume.").parse_args(argv)
