@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 CATEGORIES = ("general", "math_reasoning", "code", "multilingual")
-PAPER_MIX = {"general": 0.50, "math_reasoning": 0.25, "code": 0.17, "multilingual": 0.08}  # [3.1.2]
+PAPER_MIX = dict(zip(CATEGORIES, (0.50, 0.25, 0.17, 0.08)))  # [3.1.2]
 ANNEAL_CATEGORY = "anneal"
 ANNEAL_WEIGHT = 0.30  # [3.1.3]
 

@@ -1,6 +1,8 @@
 """The curation report: a JSON summary and a PNG plot (the funnel of documents per step, the mix).
 
-Everything in it is computed from the stage outputs, so a resumed run writes the same report.
+Everything in it is computed from the stage outputs, so a resumed run writes the same report. Documents and
+characters are exact at every step; tokens are exact per mix category (available and in the shards) and
+estimated elsewhere (``*_tokens_est``: characters times the curated corpus's tokens per character).
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ def build_report(
         cat["docs"] += 1
         cat["chars"] += len(doc.text)
     total_tokens = sum(manifest["tokens_per_category"].values())
+    # Tokens per character of the curated text (Llama 3 tokenizer): turns the character counts of every step
+    # into token estimates without tokenizing what was dropped (much of it raw HTML).
+    kept_chars = sum(c["chars"] for c in categories.values())
+    tokens_per_char = sum(manifest["available_tokens"].values()) / max(1, kept_chars)
+    steps = _merge_steps(p["steps"] for p in stage1) + _merge_steps([stage2["steps"]])
+    for step in steps:
+        step["in_tokens_est"] = round(step["in_chars"] * tokens_per_char)
+        step["out_tokens_est"] = round(step["out_chars"] * tokens_per_char)
+        for counts in step["dropped"].values():
+            counts["tokens_est"] = round(counts["chars"] * tokens_per_char)
+    for lang in languages.values():
+        lang["tokens_est"] = round(lang["chars"] * tokens_per_char)
     for name, tokens in manifest["tokens_per_category"].items():
         slot = categories.setdefault(name, {"docs": 0, "chars": 0})
         slot["available_tokens"] = manifest["available_tokens"].get(name, 0)
@@ -65,7 +79,8 @@ def build_report(
     return {
         "input_files": [part["input"] for part in stage1],
         "reader_skipped": dict(sorted(reader_skipped.items())),
-        "steps": _merge_steps(p["steps"] for p in stage1) + _merge_steps([stage2["steps"]]),
+        "tokens_per_char": round(tokens_per_char, 6),
+        "steps": steps,
         "kept_documents": stage2["kept"],
         "languages": dict(sorted(languages.items(), key=lambda kv: -kv[1]["docs"])),
         "categories": dict(sorted(categories.items())),

@@ -55,6 +55,8 @@ def test_report_counts_every_step_reason_language_and_category(uninterrupted):
     for step in report["steps"]:  # the funnel adds up
         assert step["in_docs"] == step["out_docs"] + sum(d["docs"] for d in step["dropped"].values())
     assert {"en", "de", "ja", "ru"} <= set(report["languages"])
+    assert 0.15 < report["tokens_per_char"] < 0.6  # Llama 3 tokens per character of the curated text
+    assert steps["HeuristicFilter"]["in_tokens_est"] > steps["HeuristicFilter"]["out_tokens_est"] > 0
     for name, cat in report["categories"].items():
         assert abs(cat["actual_weight"] - cat["target_weight"]) <= 0.02, name
     assert summary["sequences"] == report["shards"]["sequences"] > 0
