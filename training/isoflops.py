@@ -9,8 +9,8 @@ final validation loss, and then fits and plots the scaling law with ``evaluation
 
 The loop is deliberately single-process and plain (torch AdamW plus transformers' cosine-with-min-LR
 schedule): the runs at real budgets belong on a cluster through the pre-training engine, but the sweep
-logic, the bookkeeping and the fit are the same. Each finished run is appended to ``results.jsonl``
-right away, so an interrupted sweep resumes where it stopped.
+logic, the bookkeeping and the fit are the same. ``results.jsonl`` is rewritten (atomically) after each
+finished run, so an interrupted sweep resumes where it stopped.
 
 N counts the parameters that do per-token matrix-multiply FLOPs: everything except the input
 embedding table (a lookup, no FLOPs); the paper does not say which count it uses.
@@ -34,6 +34,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from evaluation.cli import scaling_law_main, write_scaling_law_report
 from evaluation.contamination import read_jsonl_field
+from evaluation.io import atomic_path
 from evaluation.needle import default_corpus
 from evaluation.scaling_laws import FLOPS_PER_PARAM_TOKEN, SweepPoint
 from hf_llama3 import Llama3Config, Llama3ForCausalLM, load_tokenizer
@@ -232,16 +233,17 @@ def run_sweep(config: IsoFLOPsConfig) -> Path:
         done = [json.loads(line) for line in results_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     finished = {(r["compute"], json.dumps(r["size"], sort_keys=True)) for r in done}
     data = load_data(config)
-    all_params = [compute_params(build_model(config, size, data[2])) for size in config.sizes]
+    with torch.device("meta"):  # count parameters without allocating the models
+        all_params = [compute_params(build_model(config, size, data[2])) for size in config.sizes]
     for budget in config.budgets:
         for size, n in zip(config.sizes, all_params):
             if (budget, json.dumps(size, sort_keys=True)) in finished:
                 continue
             record = train_one(config, size, budget, peak_lr(n, all_params, config.peak_lr_range), data)
             logger.info("C=%.3g N=%d tokens=%d loss=%.4f", budget, n, record["tokens"], record["loss"])
-            with results_path.open("a", encoding="utf-8") as handle:  # one line per finished run: resumable
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
             done.append(record)
+            with atomic_path(results_path) as tmp:  # rewritten whole after every run: resumable, never torn
+                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in done), encoding="utf-8")
     points = [SweepPoint(r["compute"], r["params"], r["tokens"], r["loss"]) for r in done]
     write_scaling_law_report(points, output, extrapolate_to=config.extrapolate_to)
     return output
