@@ -251,6 +251,22 @@ def run_needle(model: Any, tokenizer: Any, config: NeedleConfig, corpus: Iterabl
     stride = max(1, max_length // 4)
     haystack = build_haystack(tokenizer, corpus, max_length + stride * (config.trials - 1))
     _check_model(model, haystack, max_length)
+    was_training = getattr(model, "training", False)
+    if was_training:  # called from inside training loops: generate in eval mode, then hand the model back
+        model.eval()
+    try:
+        scores, records = _run_cells(model, tokenizer, config, haystack, stride, rng)
+    finally:
+        if was_training:
+            model.train()
+    result = NeedleResult(config.lengths, config.depths, scores, records)
+    logger.info("needle-in-a-haystack: mean score %.3f over %d cells", result.mean_score, scores.size)
+    return result
+
+
+def _run_cells(
+    model: Any, tokenizer: Any, config: NeedleConfig, haystack: list[int], stride: int, rng: random.Random
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     scores = np.zeros((len(config.lengths), len(config.depths)))
     records: list[dict[str, Any]] = []
     cells = [(i, j) for i in range(len(config.lengths)) for j in range(len(config.depths))]
@@ -270,9 +286,7 @@ def run_needle(model: Any, tokenizer: Any, config: NeedleConfig, corpus: Iterabl
                     | {"generated": generated, "score": score}
                 )
         scores[i, j] = float(np.mean(cell))
-    result = NeedleResult(config.lengths, config.depths, scores, records)
-    logger.info("needle-in-a-haystack: mean score %.3f over %d cells", result.mean_score, len(cells))
-    return result
+    return scores, records
 
 
 def needle_gate(
