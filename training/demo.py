@@ -10,6 +10,9 @@ Steps today:
 2. reload: a fresh Python process that cannot import ``hf_llama3`` loads the folder with ``AutoModelForCausalLM``
    (``trust_remote_code=True``) and ``AutoTokenizer``, and generates from a chat prompt.
 3. export: the folder converted to stock transformers Llama format; ``LlamaForCausalLM`` gives the same logits.
+4. curate: the embedded sample corpus curated into packed shards (``recipes/data/sample.yaml``).
+5. pretrain: the tiny three-stage pre-training recipe on those shards (``recipes/tiny/pretrain.yaml``, 2 CPU ranks):
+   ramps, gated long-context stages, annealing and the Polyak-averaged export.
 """
 
 from __future__ import annotations
@@ -123,10 +126,42 @@ def step_export(ctx: DemoContext) -> str:
     return f"stock Llama export at {dst}: LlamaForCausalLM logits equal ours (max |diff| {difference:.1e})"
 
 
+def step_curate(ctx: DemoContext) -> str:
+    from data.cli import main as curate_main
+
+    out = ctx.output_dir / "curated"
+    if curate_main(["--config", "recipes/data/sample.yaml", "--set", f"output_dir={out}"]) != 0:
+        raise RuntimeError("curating the embedded sample failed")
+    ctx.artifacts["shards"] = out / "shards"
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    return f"embedded sample curated into {manifest['sequences']} packed {manifest['seq_len']}-token sequences"
+
+
+def step_pretrain(ctx: DemoContext) -> str:
+    from training.pretrain.cli import main as pretrain_main
+
+    out = ctx.output_dir / "pretrain"
+    categories = ("general", "math_reasoning", "code", "multilingual")
+    sources = json.dumps({c: {"path": str(ctx.artifacts["shards"]), "category": c} for c in categories})
+    argv = ["--config", "recipes/tiny/pretrain.yaml", "--set", f"output_dir={out}", "--set", f"sources={sources}"]
+    if pretrain_main(argv) != 0:
+        raise RuntimeError("the tiny three-stage pre-training failed")
+    ctx.artifacts["pretrained"] = out / "hf"
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gates = [json.loads(line) for line in (out / "gates.jsonl").read_text().splitlines()]
+    return (
+        f"3 stages, {len(steps)} steps on 2 ranks: loss {steps[0]['loss']:.2f} -> {steps[-1]['loss']:.2f}, "
+        f"{sum(g['passed'] for g in gates)}/{len(gates)} long-context gate checks passed (see gates.jsonl), "
+        f"Polyak-averaged export at {out / 'hf'}"
+    )
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("model", step_model),
     ("reload", step_reload),
     ("export", step_export),
+    ("curate", step_curate),
+    ("pretrain", step_pretrain),
 ]
 
 

@@ -71,7 +71,8 @@ class LongContextStage:
         if cfg.on_gate_fail == "stop":
             run.save()
             raise GateFailed(message + ". Raise long_context.max_tokens, or set on_gate_fail: continue.")
-        logger.warning("%s; continuing (on_gate_fail: continue)", message)
+        if run.rank0:
+            logger.warning("%s; continuing (on_gate_fail: continue)", message)
         return True
 
     def gate(self, run: Runner) -> dict[str, Any]:
