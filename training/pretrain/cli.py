@@ -61,7 +61,7 @@ def build_stages(recipe: PretrainRecipe) -> list:
     stages: list = [InitialStage(recipe.initial)]
     if recipe.long_context is not None:
         stages += [LongContextStage(recipe.long_context, k) for k in range(len(recipe.long_context.seq_lens))]
-    return stages + [AnnealStage(recipe.anneal)]
+    return [*stages, AnnealStage(recipe.anneal)]
 
 
 def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Path:

@@ -8,6 +8,7 @@ global (all data-parallel ranks together); a "step" is one optimizer update on o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def _points(cls: type, values: list, name: str) -> list:
     points = [_section(cls, v, f"{name}[{i}]") for i, v in enumerate(values)]
     if not points or points[0].after_tokens != 0:
         raise ValueError(f"{name} needs a first entry with after_tokens: 0.")
-    if any(b.after_tokens <= a.after_tokens for a, b in zip(points, points[1:])):
+    if any(b.after_tokens <= a.after_tokens for a, b in itertools.pairwise(points)):
         raise ValueError(f"{name} entries must have strictly increasing after_tokens.")
     return points
 
@@ -150,7 +151,7 @@ class LongContextConfig:
 
     def __post_init__(self) -> None:
         self.seq_lens = [int(n) for n in self.seq_lens]
-        if any(b <= a for a, b in zip(self.seq_lens, self.seq_lens[1:])) or min(self.seq_lens, default=0) < 2:
+        if any(b <= a for a, b in itertools.pairwise(self.seq_lens)) or min(self.seq_lens, default=0) < 2:
             raise ValueError(f"long_context.seq_lens must be increasing lengths >= 2, got {self.seq_lens}.")
         if isinstance(self.batch_tokens, int):
             self.batch_tokens = [self.batch_tokens] * len(self.seq_lens)
@@ -347,7 +348,7 @@ class PretrainRecipe:
         if self.long_context is not None:
             lc = self.long_context
             shapes += [(n, b, self.layout("long_context")) for n, b in zip(lc.seq_lens, lc.batch_tokens)]
-        return shapes + [(self.anneal.seq_len, self.anneal.batch_tokens, self.layout("anneal"))]
+        return [*shapes, (self.anneal.seq_len, self.anneal.batch_tokens, self.layout("anneal"))]
 
     def model_config(self) -> Llama3Config:
         """The model: preset plus overrides."""

@@ -85,7 +85,7 @@ class SpikeGuard:
                 )
         else:
             self.consecutive = 0
-            self.history = (self.history + [self.last_norm])[-self.config.window :]
+            self.history = [*self.history, self.last_norm][-self.config.window :]
         self._decided_for = None
         return skipped
 
