@@ -25,6 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, args.set)
 
+    if config.executor.kind != "local":
+        from data.cluster import run_on_datatrove
+
+        run_on_datatrove(config, config.executor)
+        print(
+            json.dumps(
+                {
+                    "output_dir": config.output_dir,
+                    "executor": config.executor.kind,
+                    "logs": f"{config.output_dir}/logs",
+                }
+            )
+        )
+        return 0
+
     from data.pipeline import curate
 
     report = curate(config)

@@ -29,6 +29,26 @@ from data.shards import ShardConfig
 from data.topics import TopicConfig
 from data.url_filter import UrlFilterConfig
 
+EXECUTOR_KINDS = ("local", "datatrove-local", "slurm", "ray")
+
+
+@dataclass
+class ExecutorConfig:
+    """Args:
+    kind: ``local`` (our runner), ``datatrove-local``, ``slurm`` or ``ray``.
+    options: extra arguments for the datatrove executor of every stage (Slurm: ``partition``, ``time``,
+        ``cpus_per_task``, ``mem_per_cpu_gb``, ``venv_path``, ...; Ray: ``cpus_per_task``, ...).
+    """
+
+    kind: str = "local"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTOR_KINDS:
+            raise ValueError(f"executor.kind must be one of {EXECUTOR_KINDS}, got {self.kind!r}.")
+        if self.kind == "slurm" and not {"partition", "time"} <= set(self.options):
+            raise ValueError("executor.kind=slurm needs executor.options.partition and executor.options.time.")
+
 
 @dataclass
 class CurateConfig:
@@ -55,6 +75,7 @@ class CurateConfig:
     line_dedup: LineDedupConfig = field(default_factory=LineDedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     topics: TopicConfig = field(default_factory=TopicConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 

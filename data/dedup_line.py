@@ -66,7 +66,6 @@ class LineDeduplicator(PipelineStep):
     def __init__(self, config: LineDedupConfig | None = None):
         super().__init__()
         self.config = config or LineDedupConfig()
-        self.counts: dict[tuple[str, int], Counter] = defaultdict(Counter)
 
     def _buckets(self, docs: Iterable[Document]):
         """(doc, (language group, bucket number)): buckets are consecutive runs of ``bucket_size`` documents."""
@@ -76,16 +75,18 @@ class LineDeduplicator(PipelineStep):
             yield doc, (group, seen[group] // self.config.bucket_size)
             seen[group] += 1
 
-    def fit(self, docs: Iterable[Document]) -> None:
+    def fit(self, docs: Iterable[Document]) -> dict[tuple[str, int], Counter]:
         """Pass 1: count every distinct line once per document, per bucket."""
+        counts: dict[tuple[str, int], Counter] = defaultdict(Counter)
         for doc, bucket in self._buckets(docs):
-            self.counts[bucket].update({line_hash(ln) for ln in doc.text.split("\n") if ln.strip()})
+            counts[bucket].update({line_hash(ln) for ln in doc.text.split("\n") if ln.strip()})
+        return counts
 
-    def apply(self, docs: Iterable[Document]) -> Iterable[Document]:
+    def apply(self, docs: Iterable[Document], bucket_counts: dict[tuple[str, int], Counter]) -> Iterable[Document]:
         """Pass 2: remove over-repeated lines; yield the documents that still have content."""
         for doc, bucket in self._buckets(docs):
             self.stat_update("total")
-            counts = self.counts[bucket]
+            counts = bucket_counts[bucket]
             kept, removed = [], 0
             for line in doc.text.split("\n"):
                 if line.strip() and counts[line_hash(line)] > self.config.max_repeats:
@@ -103,5 +104,4 @@ class LineDeduplicator(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         docs = list(data)
-        self.fit(docs)
-        yield from self.apply(docs)
+        yield from self.apply(docs, self.fit(docs))

@@ -45,32 +45,33 @@ class UrlDeduplicator(PipelineStep):
     def __init__(self, config: UrlDedupConfig | None = None):
         super().__init__()
         self.config = config or UrlDedupConfig()
-        self.newest: dict[str, tuple[str, str]] = {}
 
-    def fit(self, docs: Iterable[Document]) -> None:
-        """Pass 1: remember the newest (date, id) of every URL."""
+    def fit(self, docs: Iterable[Document]) -> dict[str, tuple[str, str]]:
+        """Pass 1: the newest (date, id) of every normalised URL."""
+        newest: dict[str, tuple[str, str]] = {}
         for doc in docs:
             url = doc.metadata.get("url")
             if not url or url.startswith("file:"):
                 continue
             key = normalize_url(url)
             date = str(doc.metadata.get("date") or "")
-            if key not in self.newest or date > self.newest[key][0]:  # ISO 8601 dates sort as strings
-                self.newest[key] = (date, doc.id)
+            if key not in newest or date > newest[key][0]:  # ISO 8601 dates sort as strings
+                newest[key] = (date, doc.id)
+        return newest
 
-    def keep(self, doc: Document) -> bool:
+    def keep(self, doc: Document, newest: dict[str, tuple[str, str]]) -> bool:
         """Pass 2: is this the newest crawl of its URL?"""
         url = doc.metadata.get("url")
         if not url or url.startswith("file:"):
             return True
-        return self.newest.get(normalize_url(url), (None, doc.id))[1] == doc.id
+        return newest.get(normalize_url(url), (None, doc.id))[1] == doc.id
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         docs = list(data)
-        self.fit(docs)
+        newest = self.fit(docs)
         for doc in docs:
             self.stat_update("total")
-            if self.keep(doc):
+            if self.keep(doc, newest):
                 self.stat_update("forwarded")
                 yield doc
             else:

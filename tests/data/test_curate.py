@@ -119,3 +119,30 @@ def test_stage1_runs_unchanged_inside_a_datatrove_executor(tmp_path):
         run_file_task(config, i, f, str(tmp_path / "ours"))
         ours.update((d.id, d.text) for d in read_jsonl_gz(tmp_path / "ours" / f"{i:05d}.jsonl.gz"))
     assert theirs == ours and len(ours) > 100
+
+
+def test_same_recipe_on_datatrove_executors_gives_the_same_shards(uninterrupted, tmp_path):
+    """executor.kind=datatrove-local: the three stages as datatrove pipelines (what Slurm/Ray run) -> same tokens."""
+    import numpy as np
+
+    reference, _ = uninterrupted
+    out = tmp_path / "dt"
+    result = subprocess.run(
+        [*curate_cmd(out), "--set", "executor.kind=datatrove-local"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = json.loads((reference / "shards" / "manifest.json").read_text())
+    theirs = json.loads((out / "shards" / "manifest.json").read_text())
+    assert theirs["tokens_per_category"] == ours["tokens_per_category"]
+    for a, b in zip(ours["shards"], theirs["shards"]):
+        assert (np.load(reference / "shards" / a["tokens"]) == np.load(out / "shards" / b["tokens"])).all()
+    stats = json.loads((out / "logs" / "filter" / "stats.json").read_text())
+    assert any("dropped_blocked_domain" in step["stats"] for step in stats)
+    from data.config import ExecutorConfig
+
+    with pytest.raises(ValueError, match="partition"):
+        ExecutorConfig(kind="slurm")
