@@ -56,6 +56,17 @@ def recipe_from_args(args: argparse.Namespace) -> PretrainRecipe:
     return build_config(PretrainRecipe, values, source=str(args.config or "command line"))
 
 
+def check_sources(recipe: PretrainRecipe) -> None:
+    """Every source folder must hold curated shards (checked before any process starts)."""
+    for name, source in recipe.sources.items():
+        path = Path(source if isinstance(source, str) else source["path"])
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"sources.{name}: {path} holds no packed shards (no manifest.json): run `hf-llama3 curate` first "
+                "(e.g. --config recipes/data/sample.yaml) or point the source at a curated shards folder."
+            )
+
+
 def build_stages(recipe: PretrainRecipe) -> list:
     """Stage 1, the K long-context stages, annealing."""
     stages: list = [InitialStage(recipe.initial)]
@@ -152,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return engine_main(argv)
     recipe = recipe_from_args(args)
+    check_sources(recipe)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     worlds = sorted({ParallelDims(**layout).world_size for *_, layout in recipe.batch_shapes()})
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ

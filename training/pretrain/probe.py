@@ -32,6 +32,17 @@ def probe_weights(default: dict[str, float], source: str, weight: float) -> dict
     return mix
 
 
+def _before(runner: Runner, path: Path) -> dict[str, float]:
+    """Held-out losses of the checkpoint, measured by the first arm before it trains and kept for resumed runs."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    losses = runner.evaluate()
+    if dist.get_rank() == 0:
+        path.write_text(json.dumps(losses), encoding="utf-8")
+    dist.barrier()
+    return losses
+
+
 def run_probe(recipe: PretrainRecipe, tokenizer: Any = None) -> dict[str, Any]:
     """Run both arms (each resumable on its own) and write ``<output_dir>/probe_report.json`` on rank 0."""
     probe = recipe.probe
@@ -43,8 +54,8 @@ def run_probe(recipe: PretrainRecipe, tokenizer: Any = None) -> dict[str, Any]:
     for arm, weights in arms.items():
         stage = AnnealStage(recipe.anneal, weights=weights, name="anneal")
         runner = Runner(recipe, [stage], Path(recipe.output_dir) / "probe" / arm, probe.checkpoint, tokenizer)
-        if "before" not in report and runner.state.stage == 0 and runner.state.stage_step == 0:
-            report["before"] = runner.evaluate()
+        if "before" not in report:
+            report["before"] = _before(runner, Path(recipe.output_dir) / "probe" / "before.json")
         runner.run()
         report[arm] = {"weights": weights, "eval_loss": runner.evaluate()}
     report["delta"] = {
