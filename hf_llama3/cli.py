@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
     "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
     "curate": ("data.cli:main", "curate WARC/HTML/JSONL/parquet into tokenized, mixed training shards [3.1]"),
+    "train-quality": ("data.train_quality:main", "train the fastText / LLM-judged encoder quality classifiers [3.1.1]"),
     # Post-training [paper 4] (training/reward.py, rejection_sampling.py, sft.py, dpo.py, averaging.py, rounds.py).
     "average": ("training.averaging:main", "average checkpoints (uniform or weighted), sharded safetensors [4.1.5]"),
     "reward": ("training.reward:main", "train a reward model on ranked 2-3 responses per prompt [4.1.2]"),

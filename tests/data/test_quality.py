@@ -116,3 +116,56 @@ def test_encoder_classifier_on_judge_labels_and_filter(split, tmp_path):
         EncoderClassifier.fit(classifier, texts[:3], [1, 1, 1])
     with pytest.raises(FileNotFoundError, match="train it first"):
         QualityConfig(fasttext_model=str(tmp_path / "nope.bin"))
+
+
+def test_train_quality_cli(split, tmp_path):
+    """Both trainers from the command line, on JSONL files; the judge is one of our checkpoints."""
+    import json
+
+    from hf_llama3 import Llama3Config, Llama3ForCausalLM, load_tokenizer
+    from hf_llama3.cli import main as cli_main
+
+    (pos, neg), _ = split
+
+    def write(name, texts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": t, "id": str(i)}) + "\n" for i, t in enumerate(texts)))
+        return str(path)
+
+    positives, negatives = write("pos.jsonl", pos), write("neg.jsonl", neg)
+    assert (
+        cli_main(
+            [
+                "train-quality",
+                "fasttext",
+                "--positives",
+                positives,
+                "--negatives",
+                negatives,
+                "--output",
+                str(tmp_path / "ft.bin"),
+            ]
+        )
+        == 0
+    )
+    assert QualityConfig(fasttext_model=str(tmp_path / "ft.bin")).fasttext_model
+
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    judge = Llama3ForCausalLM(Llama3Config.from_preset("tiny"))
+    no_id, yes_id = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in JUDGE_LABELS)
+    with torch.no_grad():  # a judge whose yes/no margin is the first hidden unit: it gives both labels
+        judge.lm_head.weight.zero_()
+        judge.lm_head.weight[yes_id, 0], judge.lm_head.weight[no_id, 0] = 1.0, -1.0
+    judge.save_pretrained(tmp_path / "judge")
+    mixed = write("mixed.jsonl", [t[:300] for t in pos[:15] + neg[:15]])
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Is this page worth learning from? {text}")  # the page's last token decides
+    args = ["train-quality", "encoder", "--input", mixed, "--judge", str(tmp_path / "judge"), "--rubric", str(rubric)]
+    assert cli_main([*args, "--output", str(tmp_path / "enc")]) == 0
+    step = QualityFilter(QualityConfig(encoder_classifier=str(tmp_path / "enc"), encoder_threshold=0.0))
+    assert step.filter(Document(text=pos[0], id="x")) is True
+    assert (
+        cli_main(["train-quality", "encoder", "--input", mixed, "--judge", str(tmp_path / "nope"), "--output", "x"])
+        == 2
+    )
