@@ -52,7 +52,7 @@ def test_planted_bad_batch_is_skipped(single_process_group, factor):
 
 
 # Skipping the very first update makes torch warn that the LR scheduler stepped before the optimizer: true, and meant.
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler:UserWarning")
 def test_stops_after_n_bad_batches_in_a_row(single_process_group):
     trainer = ParallelTrainer(tiny_config(), EngineConfig(optimizer={"lr": 1e-3}))
     guard = SpikeGuard(trainer, SpikeGuardConfig(window=2, max_consecutive=3))
