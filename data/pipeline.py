@@ -12,8 +12,8 @@ leaves half a result and the output is byte-identical to an uninterrupted run (e
 deterministic: fixed seeds, sorted inputs, gzip without timestamps). ``report.json`` and ``report.png``
 sum up documents and characters kept and dropped per step and reason, languages and mix categories.
 
-The per-document steps are datatrove ``BaseFilter``s, so the same blocks also run inside any datatrove
-executor (local, Slurm, Ray): see :func:`datatrove_stage1`.
+The per-document steps are datatrove ``BaseFilter``s, so the same blocks also run inside datatrove's executors
+(local, Slurm, Ray): see :mod:`data.cluster`.
 """
 
 from __future__ import annotations
@@ -274,11 +274,3 @@ def curate(config: CurateConfig, tokenizer=None) -> dict:
     write_report(report, root)
     return report
 
-
-def datatrove_stage1(config: CurateConfig, output_folder: str) -> list:
-    """Stage 1 as a datatrove pipeline (reader, our filters, datatrove's JsonlWriter), for datatrove's
-    Local/Slurm/Ray executors: ``SlurmPipelineExecutor(pipeline=datatrove_stage1(cfg, out), tasks=N, ...)``.
-    The reader shards the input files by datatrove's rank/world size."""
-    from datatrove.pipeline.writers import JsonlWriter
-
-    return [InputReader(config.reader), *per_document_steps(config), JsonlWriter(output_folder)]

@@ -95,32 +95,6 @@ def test_bad_configs_exit_2_with_a_clear_message(tmp_path, capsys):
     assert "non-negative" in capsys.readouterr().err
 
 
-def test_stage1_runs_unchanged_inside_a_datatrove_executor(tmp_path):
-    """The per-file stage as a datatrove pipeline (what Slurm/Ray executors run) keeps what our runner keeps."""
-    import gzip
-
-    from datatrove.executor import LocalPipelineExecutor
-
-    from data.config import load_config
-    from data.pipeline import datatrove_stage1, read_jsonl_gz, run_file_task
-
-    files = [str(SAMPLE / name) for name in ("code.parquet", "damaged.warc.gz", "multilingual.jsonl")]
-    config = load_config(RECIPE, [f"output_dir={tmp_path}/ours", f"reader.paths={files}"])
-    LocalPipelineExecutor(
-        pipeline=datatrove_stage1(config, str(tmp_path / "dt")), tasks=2, workers=1, logging_dir=str(tmp_path / "logs")
-    ).run()
-    theirs = {}
-    for path in (tmp_path / "dt").glob("*.jsonl.gz"):
-        with gzip.open(path, "rt") as f:
-            theirs.update((row["id"], row["text"]) for row in map(json.loads, f))
-    (tmp_path / "ours").mkdir()
-    ours = {}
-    for i, f in enumerate(files):
-        run_file_task(config, i, f, str(tmp_path / "ours"))
-        ours.update((d.id, d.text) for d in read_jsonl_gz(tmp_path / "ours" / f"{i:05d}.jsonl.gz"))
-    assert theirs == ours and len(ours) > 100
-
-
 def test_same_recipe_on_datatrove_executors_gives_the_same_shards(uninterrupted, tmp_path):
     """executor.kind=datatrove-local: the three stages as datatrove pipelines (what Slurm/Ray run) -> same tokens."""
     import numpy as np
