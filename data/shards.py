@@ -157,7 +157,14 @@ def write_shards(
         lo, hi = first * config.seq_len, last * config.seq_len
         tokens = stream[lo:hi].reshape(last - first, config.seq_len)
         segments = []
-        for start, length, cat in zip(starts, lengths, cats):
+        ends = starts + lengths
+        first_piece, last_piece = (
+            int(np.searchsorted(ends, lo, side="right")),
+            int(np.searchsorted(starts, hi, side="left")),
+        )
+        for start, length, cat in zip(
+            starts[first_piece:last_piece], lengths[first_piece:last_piece], cats[first_piece:last_piece]
+        ):
             a, b = max(start, lo), min(start + length, hi)
             while a < b:  # split a piece at sequence boundaries
                 row = a // config.seq_len
