@@ -94,24 +94,41 @@ class RejectionSamplingConfig:
 # Generation with a shared prompt cache
 
 
+# Candidates examined before falling back to a full sort for top-p: a trained model's nucleus is almost always
+# inside its top 1024 tokens, and the shortcut is exact (it is taken only when their mass reaches top_p).
+NUCLEUS_CANDIDATES = 1024
+
+
+def _inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row drawn with probability proportional to ``probs`` (unnormalised allowed).
+
+    Inverse-CDF sampling: a cumulative sum (float64) and a binary search, several times faster than
+    ``torch.multinomial`` over a 128K vocabulary on CPU, same distribution.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
 def sample_next_token(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Draw one token per row of ``logits [rows, vocab]`` with temperature and nucleus (top-p) sampling.
 
-    ``temperature == 0`` is greedy decoding.
+    ``temperature == 0`` is greedy decoding. The nucleus is the smallest set of most likely tokens whose mass
+    reaches ``top_p`` (transformers' ``TopPLogitsWarper`` rule).
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, sorted_index = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return sorted_index.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if top_p >= 1.0:
+        return _inverse_cdf_sample(probs, generator)
+    candidates, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    if candidates.shape[-1] < probs.shape[-1] and bool((candidates.sum(dim=-1) < top_p).any()):
+        candidates, index = probs.sort(dim=-1, descending=True)
+    # Drop a token once the mass of the more likely tokens already reaches top_p (the first is always kept).
+    candidates = candidates.masked_fill(candidates.cumsum(dim=-1) - candidates >= top_p, 0.0)
+    return index.gather(-1, _inverse_cdf_sample(candidates, generator)[:, None]).squeeze(-1)
 
 
 def length_batches(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int, max_batch_tokens: int):
