@@ -273,4 +273,3 @@ def curate(config: CurateConfig, tokenizer=None) -> dict:
     report = build_report(stage1, stage2, manifest, final_docs, config.mix)
     write_report(report, root)
     return report
-
