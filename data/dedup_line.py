@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from data.dedup_minhash import language_group
+
 _DIGIT = re.compile(r"\d")
 _PUNCT = re.compile(r"[^\w\s]+")
 
@@ -71,7 +73,7 @@ class LineDeduplicator(PipelineStep):
         """(doc, (language group, bucket number)): buckets are consecutive runs of ``bucket_size`` documents."""
         seen: Counter = Counter()
         for doc in docs:
-            group = str(doc.metadata.get("lang", "")) if self.config.per_language else ""
+            group = language_group(doc.metadata) if self.config.per_language else ""
             yield doc, (group, seen[group] // self.config.bucket_size)
             seen[group] += 1
 

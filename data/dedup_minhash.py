@@ -57,6 +57,12 @@ class MinHashConfig:
         return 1.0 - (1.0 - jaccard**self.rows) ** self.bands
 
 
+def language_group(metadata: dict) -> str:
+    """The dedup group of a document: its language, except that all code is one group (lid.176's guess for
+    source code is noise, and a copied snippet is a duplicate whatever language ID says)."""
+    return "code" if metadata.get("domain") == "code" else str(metadata.get("lang", ""))
+
+
 def shingles(text: str, n: int) -> set[str]:
     """Word n-grams of the normalised text (lower case, punctuation removed, whitespace collapsed)."""
     words = _NON_WORD.sub(" ", text.lower()).split()
@@ -114,7 +120,7 @@ class MinHashDeduplicator(PipelineStep):
             return
         with self.track_time("corpus"):
             sigs = signatures([d.text for d in docs], self.config)
-            groups = [str(d.metadata.get("lang", "")) for d in docs] if self.config.per_language else None
+            groups = [language_group(d.metadata) for d in docs] if self.config.per_language else None
             dup = duplicate_flags(sigs, self.config, groups)
         for doc, is_dup in zip(docs, dup):
             self.stat_update("total")

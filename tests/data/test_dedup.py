@@ -92,9 +92,11 @@ def test_minhash_step_drops_copies_and_respects_languages():
         doc(base.upper() + "!", "case-and-punct-copy", lang="en"),
         doc(other, "distinct", lang="en"),
         doc(base, "same-text-other-language", lang="de"),
+        doc(other, "code-a", lang="en", domain="code"),
+        doc(other, "code-b-other-lid-guess", lang="es", domain="code"),
     ]
     step = MinHashDeduplicator(MinHashConfig())
-    assert [d.id for d in step.run(docs)] == ["orig", "distinct", "same-text-other-language"]
+    assert [d.id for d in step.run(docs)] == ["orig", "distinct", "same-text-other-language", "code-a"]
     step = MinHashDeduplicator(MinHashConfig(per_language=False))
     assert [d.id for d in step.run(docs)] == ["orig", "distinct"]
     with pytest.raises(ValueError, match="bands"):
