@@ -61,6 +61,11 @@ def iban_ok(iban: str) -> bool:
 _VALIDATORS = {"card": luhn_ok, "iban": iban_ok}
 
 
+def _phone_like(text: str) -> bool:
+    """At least 7 digits and some phone punctuation: a bare digit run (an id, a timestamp) is not a number to call."""
+    return sum(c.isdigit() for c in text) >= 7 and any(c in " .-()+" for c in text)
+
+
 def find_pii(text: str, kinds: list[str] | None = None) -> list[tuple[int, int, str]]:
     """Non-overlapping (start, end, kind) spans of PII in ``text``, sorted by start."""
     spans: list[tuple[int, int, str]] = []
@@ -72,7 +77,7 @@ def find_pii(text: str, kinds: list[str] | None = None) -> list[tuple[int, int, 
                 continue
             if kind in _VALIDATORS and not _VALIDATORS[kind](match.group()):
                 continue
-            if kind == "phone" and sum(c.isdigit() for c in match.group()) < 7:
+            if kind == "phone" and not _phone_like(match.group()):
                 continue
             spans.append((start, end, kind))
             taken[start:end] = b"\x01" * (end - start)

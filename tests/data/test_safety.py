@@ -84,7 +84,10 @@ def test_every_pii_kind_is_found_and_scrubbed():
 
 
 def test_numbers_that_are_not_pii_stay():
-    text = "Python 3.11.7 was released on 2023-10-02; pi is 3.14159265 and a million is 1,000,000 in 2024."
+    text = (
+        "Python 3.11.7 was released on 2023-10-02; pi is 3.14159265 and a million is 1,000,000 in 2024. "
+        "Run date --date='@2147483647' or odd_count(['3', \"11111111\"])."
+    )
     assert find_pii(text) == []
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     assert iban_ok("GB82 WEST 1234 5698 7654 32") and not iban_ok("GB82 WEST 1234 5698 7654 33")
