@@ -136,6 +136,60 @@ def build_executors(config: CurateConfig, executor: ExecutorConfig) -> list:
     return executors
 
 
-def run_on_datatrove(config: CurateConfig, executor: ExecutorConfig) -> None:
-    """Launch the chain (locally it runs to the end; on Slurm it submits the three dependent jobs)."""
+def run_on_datatrove(config: CurateConfig, executor: ExecutorConfig) -> dict | None:
+    """Launch the chain. Locally it runs to the end and writes ``report.json`` (returned); on Slurm/Ray it
+    submits the dependent jobs and returns None (build the report later with :func:`datatrove_report`)."""
     build_executors(config, executor)[-1].run()
+    if executor.kind != "datatrove-local":
+        return None
+    return datatrove_report(config)
+
+
+def datatrove_report(config: CurateConfig) -> dict:
+    """``report.json`` from datatrove's per-stage ``stats.json`` (documents per step and drop reason) and the
+    shard manifest (tokens per mix category); written atomically in ``output_dir``."""
+    import json
+    import os
+
+    root = Path(config.output_dir)
+    steps = []
+    for stage in ("filter", "dedup", "shards"):
+        for entry in json.loads((root / "logs" / stage / "stats.json").read_text()):
+            counts = {k: (v["total"] if isinstance(v, dict) else v) for k, v in entry["stats"].items()}
+            step = {"step": entry["name"], "stage": stage, "in_docs": counts.get("total", counts.get("documents", 0))}
+            step["out_docs"] = counts.get("forwarded", step["in_docs"])
+            step["dropped"] = {
+                k.removeprefix("dropped_"): v for k, v in sorted(counts.items()) if k.startswith("dropped_")
+            }
+            step["skipped"] = {
+                k.removeprefix("skipped_"): v for k, v in sorted(counts.items()) if k.startswith("skipped_")
+            }
+            step["languages"] = {
+                k.removeprefix("lang_"): v for k, v in sorted(counts.items()) if k.startswith("lang_")
+            }
+            steps.append(step)
+    manifest = json.loads((root / SHARDS / "manifest.json").read_text())
+    total = sum(manifest["tokens_per_category"].values())
+    report = {
+        "executor": config.executor.kind,
+        "steps": steps,
+        "categories": {
+            c: {
+                "available_tokens": manifest["available_tokens"][c],
+                "tokens_in_shards": n,
+                "target_weight": manifest["target_weights"][c],
+                "actual_weight": round(n / max(1, total), 6),
+            }
+            for c, n in sorted(manifest["tokens_per_category"].items())
+        },
+        "shards": {
+            "sequences": manifest["sequences"],
+            "seq_len": manifest["seq_len"],
+            "tokens": total,
+            "files": len(manifest["shards"]),
+        },
+    }
+    tmp = root / f".report.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False))
+    os.replace(tmp, root / "report.json")
+    return report

@@ -114,8 +114,10 @@ def test_same_recipe_on_datatrove_executors_gives_the_same_shards(uninterrupted,
     assert theirs["tokens_per_category"] == ours["tokens_per_category"]
     for a, b in zip(ours["shards"], theirs["shards"]):
         assert (np.load(reference / "shards" / a["tokens"]) == np.load(out / "shards" / b["tokens"])).all()
-    stats = json.loads((out / "logs" / "filter" / "stats.json").read_text())
-    assert any("dropped_blocked_domain" in step["stats"] for step in stats)
+    report = json.loads((out / "report.json").read_text())
+    dropped = {reason: n for step in report["steps"] for reason, n in step["dropped"].items()}
+    assert dropped["blocked_domain"] == 1 and dropped["older_crawl_of_url"] == 3 and dropped["pii_density"] == 1
+    assert report["steps"][0]["skipped"] == {"empty_page": 1, "malformed_json": 2, "truncated_record": 1}
     from data.config import ExecutorConfig
 
     with pytest.raises(ValueError, match="partition"):
