@@ -18,11 +18,13 @@ rules (TeX); word-count rules are skipped for scripts written without spaces.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -52,6 +54,15 @@ def reference_frequencies(lang: str) -> dict[str, float] | None:
     if lang not in wordfreq.available_languages(wordlist="best"):
         return None
     return wordfreq.get_frequency_dict(lang, wordlist="best")
+
+
+def load_reference(path: str) -> dict[str, float]:
+    """A corpus reference distribution from a JSON file of word counts (normalised to probabilities)."""
+    counts = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(counts, dict) or not counts:
+        raise ValueError(f"{path}: expected a non-empty JSON object {{word: count}}.")
+    total = float(sum(counts.values()))
+    return {str(w).lower(): c / total for w, c in counts.items()}
 
 
 def token_kl(words: list[str], reference: dict[str, float], floor: float = 1e-8) -> float:
@@ -131,6 +142,9 @@ class HeuristicsConfig:
     # a page that is half random strings scores > 10.
     max_token_kl: float | None = 9.5
     kl_min_words: int = 50
+    # A corpus reference instead of wordfreq: a JSON file {word: count} (e.g. unigram counts of a trusted
+    # corpus), normalised here; used for every language.
+    kl_reference: str | None = None
 
     def __post_init__(self) -> None:
         self.top_ngram_max_ratio = {int(k): float(v) for k, v in self.top_ngram_max_ratio.items()}
@@ -140,6 +154,8 @@ class HeuristicsConfig:
                 raise ValueError(f"heuristics.{name} must be in [0, 1], got {value}.")
         if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
             raise ValueError("heuristics.min_words must not exceed heuristics.max_words.")
+        if self.kl_reference is not None and not Path(self.kl_reference).is_file():
+            raise FileNotFoundError(f"heuristics.kl_reference {self.kl_reference!r} does not exist.")
 
 
 def check_document(text: str, config: HeuristicsConfig, lang: str = "en", domain: str = "general", reference=None):
@@ -248,6 +264,8 @@ class HeuristicFilter(BaseFilter):
     def __init__(self, config: HeuristicsConfig | None = None, reference: dict[str, float] | None = None):
         super().__init__()
         self.config = config or HeuristicsConfig()
+        if reference is None and self.config.kl_reference is not None:
+            reference = load_reference(self.config.kl_reference)
         self.reference = reference
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:

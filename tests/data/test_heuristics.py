@@ -138,6 +138,23 @@ def test_kl_uses_wordfreq_and_any_corpus_reference():
     assert token_kl(["merchants", "salt"], corpus) == pytest.approx(0.0)
 
 
+def test_kl_against_a_corpus_reference_file(tmp_path):
+    import json
+    from collections import Counter
+
+    from datatrove.data import Document
+
+    counts = Counter(PROSE.lower().replace(",", "").replace(".", "").split())
+    (tmp_path / "ref.json").write_text(json.dumps(counts))
+    step = HeuristicFilter(HeuristicsConfig(kl_reference=str(tmp_path / "ref.json"), max_token_kl=1.0))
+    assert step.filter(Document(text=PROSE, id="same")) is True  # KL 0 against its own distribution
+    off_corpus = PROSE + " " + varied(150, 3) + "."  # common English, but not this corpus's words
+    assert check_document(off_corpus, HeuristicsConfig()) is None  # fine against wordfreq's English
+    assert step.filter(Document(text=off_corpus, id="x")) == (False, "token_kl")
+    with pytest.raises(FileNotFoundError, match="kl_reference"):
+        HeuristicsConfig(kl_reference=str(tmp_path / "missing.json"))
+
+
 def test_dup_ngram_ratio_matches_a_hand_count():
     # "a b c a b c": the second "a b c" repeats the first 3-gram, so 3 of 6 equal-length words are covered.
     assert dup_ngram_char_ratio(["a", "b", "c", "a", "b", "c"], 3) == pytest.approx(0.5)
