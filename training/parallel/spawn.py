@@ -8,6 +8,7 @@ Production runs use ``torchrun`` (see ``training.parallel.launch``) instead.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,9 +36,12 @@ def _worker(rank: int, world_size: int, store_path: str, fn: Callable, args: tup
 def run_local(world_size: int, fn: Callable, *args) -> None:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` forked processes; re-raises a child's exception.
 
-    The caller must not hold a process group itself. Threads are limited to one per process before the fork
-    (a forked OpenMP pool deadlocks) and in each child.
+    The caller must not hold a process group itself. Garbage is collected before the fork: a child that
+    garbage-collects a process group left over from an earlier run in the parent (e.g. an in-process
+    ``hf-llama3 pretrain``) blocks forever in its destructor, waiting for worker threads that fork did not copy.
+    Threads are limited to one per process.
     """
+    gc.collect()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
