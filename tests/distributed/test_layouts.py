@@ -127,3 +127,22 @@ def test_layout_matches_single_process(world_size: int, name: str) -> None:
         )
     # The run learned something: weights moved by far more than the tolerance.
     assert ref_losses[-1] != ref_losses[0]
+
+
+def _train_compiled(rank: int, world_size: int, out_dir: str) -> None:
+    trainer = ParallelTrainer(tiny_config(), EngineConfig(compile=True, optimizer=OPTIMIZER))
+    assert all(layer._compiled_call_impl is not None for layer in trainer.stages[0][1].model.layers.values())
+    loss = trainer.step(make_batch(0))
+    torch.save({"loss": loss, "state": trainer.full_state_dict()}, Path(out_dir) / "compiled.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_layers_match_eager_single_process(tmp_path: Path) -> None:
+    """torch.compile of each decoder layer (inductor's CPU backend), one step against the eager reference."""
+    run_local(1, _train_compiled, str(tmp_path))
+    result = torch.load(tmp_path / "compiled.pt")
+    ref_losses, ref_state = reference_run(tiny_config(), steps=1)
+    assert abs(result["loss"] - ref_losses[0]) < 1e-5
+    for key, ref in ref_state.items():
+        torch.testing.assert_close(result["state"][key], ref, rtol=0, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
