@@ -18,6 +18,7 @@ The per-document steps are datatrove ``BaseFilter``s, so the same blocks also ru
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -259,11 +260,34 @@ def run_stage3(config: CurateConfig, stage2: Path, out: Path, tokenizer=None) ->
         )
 
 
+def check_same_run(config: CurateConfig, files: list[str], root: Path) -> None:
+    """Resuming is only safe with the same recipe and inputs: record them in ``run.json`` on the first run and
+    refuse a rerun whose settings differ (its finished tasks would silently keep the old settings)."""
+    settings = dataclasses.asdict(config)
+    for key in ("output_dir", "workers", "executor"):  # where and how fast, not what
+        settings.pop(key)
+    current = {"inputs": files, "settings": settings}
+    path = root / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(json.dumps(current)):
+            changed = sorted(k for k in settings if previous["settings"].get(k) != json.loads(json.dumps(settings[k])))
+            if previous["inputs"] != files:
+                changed.insert(0, "inputs")
+            raise ValueError(
+                f"{root} holds a run with other settings ({', '.join(changed)}): a rerun there resumes that run. "
+                "Use another output_dir for the new settings, or delete the folder to start over."
+            )
+        return
+    _write_json(path, current)
+
+
 def curate(config: CurateConfig, tokenizer=None) -> dict:
     """Run (or resume) the whole pipeline; returns the report."""
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     files = list_input_files(config.reader.paths)
+    check_same_run(config, files, root)
     run_stage1(config, files, root / FILTERED)
     run_stage2(config, root / FILTERED, len(files), root / DEDUPED)
     manifest = run_stage3(config, root / DEDUPED, root / SHARDS, tokenizer)

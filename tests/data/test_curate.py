@@ -82,6 +82,13 @@ def test_kill_mid_run_then_resume_with_two_workers_gives_identical_output(uninte
     assert tree_digest(out) == tree_digest(reference)
 
 
+def test_rerun_with_other_settings_is_refused(uninterrupted, capsys):
+    out, _ = uninterrupted
+    args = ["curate", "--config", str(RECIPE), "--set", f"output_dir={out}", "--set", f"reader.paths=[{SAMPLE}]"]
+    assert cli_main([*args, "--set", "minhash.bands=20"]) == 2
+    assert "other settings (minhash)" in capsys.readouterr().err
+
+
 def test_bad_configs_exit_2_with_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"output_dir: {tmp_path}/o\nreader: {{paths: [{SAMPLE}]}}\nminhash: {{bandz: 3}}\n")
