@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from hf_llama3 import Llama3Config
+from hf_llama3.cli import USER_ERRORS
 from training.post_cli import load_stage_config, parse_overrides, stage_parser
 
 from .checkpoint import export_hf, latest_checkpoint, load_checkpoint, maybe_inject_fault, save_checkpoint
@@ -234,4 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except USER_ERRORS as error:  # one line per rank, as `hf-llama3` prints it, instead of a traceback
+        print(f"training.parallel.launch: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
