@@ -70,7 +70,7 @@ def plain_generate(model, prompts, batches, num_samples, max_new_tokens, tempera
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--num-prompts", type=int, default=6)
+    parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--samples", type=int, default=10, help="K [4.2.2: 10-30]")
     parser.add_argument("--min-prompt-tokens", type=int, default=512)
     parser.add_argument("--max-prompt-tokens", type=int, default=1536)
