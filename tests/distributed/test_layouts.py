@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 
 from tests.distributed.harness import OPTIMIZER, STEPS, make_batch, reference_run, tiny_config
 from training.parallel.dims import ParallelDims
@@ -93,7 +93,16 @@ def _train_layouts(rank: int, world_size: int, layouts: list[tuple[str, dict]], 
         engine = EngineConfig(parallel=ParallelDims(**dims), optimizer=OPTIMIZER, **ENGINE_OPTIONS.get(name, {}))
         trainer = ParallelTrainer(tiny_config(**CONFIG_OVERRIDES.get(name, {})), engine)
         _check_layout(trainer, engine.parallel, engine)
+        # Under TP the loss reads vocab-sharded logits: never the gathered [tokens, vocab] tensor.
+        logits_placements = set()
+        for _, stage in trainer.stages:
+            if stage.is_last:
+                stage.lm_head.register_forward_hook(
+                    lambda _m, _i, out, seen=logits_placements: seen.add(getattr(out, "placements", ("local",))[-1])
+                )
         losses = [trainer.step(make_batch(step)) for step in range(STEPS)]
+        if trainer.has_last_stage:
+            assert logits_placements == ({Shard(2)} if engine.parallel.tp > 1 else {"local"}), logits_placements
         state = trainer.full_state_dict()
         if rank == 0:
             torch.save({"losses": losses, "state": state}, Path(out_dir) / f"{name}.pt")

@@ -88,7 +88,7 @@ class EngineConfig:
         optimizer: ``OptimizerConfig`` or a dict.
         activation_checkpointing: Recompute each decoder layer in backward.
         compile: ``torch.compile`` each decoder layer.
-        loss_parallel: Vocab-parallel cross-entropy under TP (no full logits); without PP only.
+        loss_parallel: Vocab-parallel cross-entropy under TP (the full logits are never gathered), with or without PP.
         seed: Seed of the model initialisation (identical on every rank).
         device: ``cpu`` or ``cuda``.
     """
@@ -228,7 +228,7 @@ class ParallelTrainer:
         # FSDP averages gradients over its dp x cp ranks; each rank's summed loss is scaled to undo that.
         fsdp_ranks = self.dims.dp * self.dims.cp if self.dims.fsdp_enabled else 1
         self._loss_scale = fsdp_ranks / num_targets
-        vocab_parallel = self.dims.tp > 1 and self.dims.pp == 1 and self.config.loss_parallel
+        vocab_parallel = self.dims.tp > 1 and self.config.loss_parallel
         with loss_parallel() if vocab_parallel else contextlib.nullcontext():
             if self.dims.pp == 1:
                 _, stage = self.stages[0]

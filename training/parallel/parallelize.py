@@ -42,8 +42,8 @@ def parallelize_llama(
 ) -> list[tuple[int, Llama3Stage]]:
     """Cut ``model`` into this rank's pipeline stages and shard them; returns ``(stage_index, stage)`` pairs.
 
-    ``loss_parallel`` leaves the logits vocab-sharded under TP (compute the loss in ``loss_parallel()``);
-    it applies without pipeline parallelism, where the last stage returns gathered logits instead.
+    ``loss_parallel`` leaves the logits vocab-sharded under TP (compute the loss in ``loss_parallel()``); the
+    pipeline schedules pass the sharded logits of the last stage to the loss function as they are.
     """
     dims.validate_model(model.config)
     model.config._attn_implementation = register_parallel_attention()
@@ -54,7 +54,7 @@ def parallelize_llama(
     stages = split_into_stages(model, dims, submesh(mesh, "pp").get_local_rank())
     for _, stage in stages:
         if dims.tp > 1:
-            apply_tensor_parallel(stage, submesh(mesh, "tp"), loss_parallel=loss_parallel and dims.pp == 1)
+            apply_tensor_parallel(stage, submesh(mesh, "tp"), loss_parallel=loss_parallel)
         if dims.cp > 1:
             stage.cp_group = submesh(mesh, "cp").get_group()
         if compile_layers:
