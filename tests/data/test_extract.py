@@ -2,6 +2,7 @@
 
 import html
 import inspect
+import json
 import textwrap
 
 import pytest
@@ -107,9 +108,12 @@ def test_extractor_step_drop_reasons_and_kept_case():
     kept = Document(text="<html><body><main><p>" + "Real content here. " * 10 + "</p></main></body></html>", id="a")
     empty = Document(text="<html><body><nav><a href='/'>Home</a></nav></body></html>", id="b")
     plain = Document(text="already text", id="c", metadata={"format": "text"})
-    out = list(step.run([kept, empty, plain]))
+    # JSON allows lone surrogate escapes ("\ud800"); such a page cannot be encoded for the parser.
+    broken = Document(text=json.loads('"<html><body><p>bad \\ud800 page</p></body></html>"'), id="d")
+    out = list(step.run([kept, empty, plain, broken]))
     assert [d.id for d in out] == ["a", "c"]
     assert out[0].text.startswith("Real content here.")
     assert step.stats["dropped_empty_extraction"].total == 1
+    assert step.stats["dropped_extraction_error"].total == 1
     with pytest.raises(ValueError, match="min_chars"):
         ExtractConfig(min_chars=0)
