@@ -44,9 +44,19 @@ FORMATS = ("ours", "llama", "meta")
 # Targets implemented outside hf_llama3 (which must not import the training package): "module:function" strings
 # taking (src, dst, **options), imported only when used.
 EXTERNAL_TARGETS: dict[str, str] = {
-    # Nanotron's checkpoint layout (fused qkv/gate_up, one safetensors per TP shard); back: training.nanotron.convert.
+    # Nanotron's checkpoint layout (fused qkv/gate_up, one safetensors per TP shard).
     "nanotron": "training.nanotron.convert:convert_to_nanotron",
 }
+# Source formats read outside hf_llama3: "module:function" taking the folder, returning (our config, state dict).
+EXTERNAL_SOURCES: dict[str, str] = {
+    "nanotron": "training.nanotron.convert:read_nanotron_checkpoint",
+}
+
+
+def _resolve(target: str):
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
 
 # Config fields that exist only in our config (dropped for stock Llama) or only in stock Llama (dropped for ours).
 _OUR_ONLY_FIELDS = {"loss_chunk_size"}
@@ -229,20 +239,22 @@ def _is_classifier(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def detect_format(src: str | os.PathLike) -> str:
-    """``ours``, ``llama`` or ``meta``, from the folder's files."""
+    """``ours``, ``llama``, ``meta`` or ``nanotron``, from the folder's files."""
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"Source folder {src} does not exist.")
     if (src / "params.json").exists() and list(src.glob("consolidated.*.pth")):
         return "meta"
+    if (src / "model_config.json").exists() and (src / "model").is_dir():
+        return "nanotron"
     if (src / "config.json").exists():
         model_type = read_config_dict(src).get("model_type")
         if model_type in ("llama3", "llama"):
             return "ours" if model_type == "llama3" else "llama"
         raise CheckpointError(f"{src}/config.json has model_type {model_type!r}; expected 'llama3' or 'llama'.")
     raise CheckpointError(
-        f"{src} is neither a Hugging Face folder (config.json + safetensors) nor a Meta folder "
-        "(params.json + consolidated.NN.pth)."
+        f"{src} is neither a Hugging Face folder (config.json + safetensors), a Meta folder "
+        "(params.json + consolidated.NN.pth) nor a Nanotron checkpoint (model_config.json + model/)."
     )
 
 
@@ -329,7 +341,10 @@ def load_checkpoint(src: str | os.PathLike) -> tuple[str, Llama3Config, dict[str
     """Read any supported folder into ``(format, our config, HF-named state dict)``, checked against the config."""
     src = Path(src)
     fmt = detect_format(src)
-    if fmt == "meta":
+    if fmt in EXTERNAL_SOURCES:
+        config, state_dict = _resolve(EXTERNAL_SOURCES[fmt])(src)
+        config.architectures = ["Llama3ForCausalLM"]
+    elif fmt == "meta":
         params, shards = read_meta_shards(src)
         config, state_dict = merge_meta_shards(params, shards)
         config.architectures = ["Llama3ForCausalLM"]
@@ -374,8 +389,7 @@ def convert_checkpoint(
         overwrite: Replace an existing ``dst``.
     """
     if to in EXTERNAL_TARGETS:
-        module_name, _, function_name = EXTERNAL_TARGETS[to].partition(":")
-        return getattr(importlib.import_module(module_name), function_name)(src, dst, overwrite=overwrite)
+        return _resolve(EXTERNAL_TARGETS[to])(src, dst, overwrite=overwrite)
     if to not in FORMATS:
         raise ValueError(f"Unknown target format {to!r}; choose one of {', '.join((*FORMATS, *EXTERNAL_TARGETS))}.")
     if num_shards < 1:

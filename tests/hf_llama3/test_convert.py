@@ -226,3 +226,11 @@ def test_not_a_checkpoint_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli(tmp_path / "empty", tmp_path / "out", "--to", "llama") == 2
     assert "neither a Hugging Face folder" in capsys.readouterr().err
+
+
+def test_nanotron_round_trip_through_the_convert_command(ours_folder, tmp_path):
+    """`--to nanotron` and back (the source format is detected), via the lazily imported training.nanotron bridge."""
+    assert run_cli(ours_folder, tmp_path / "nanotron", "--to", "nanotron") == 0
+    assert (tmp_path / "nanotron" / "model_config.json").exists()
+    assert run_cli(tmp_path / "nanotron", tmp_path / "back", "--to", "ours") == 0
+    assert_identical(tensors(ours_folder), tensors(tmp_path / "back"))
