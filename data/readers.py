@@ -215,7 +215,12 @@ class InputReader(PipelineStep):
         if not text.strip():
             self.skip("empty_page")
             return None
-        if len(text.encode("utf-8", "surrogatepass")) > cfg.max_page_bytes:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # lone surrogates ("\ud800" escapes are valid JSON): not text
+            self.skip("undecodable")
+            return None
+        if size > cfg.max_page_bytes:
             self.skip("page_too_large")
             return None
         fmt = row.get("format") or ("html" if _HTML_START.match(text) else "text")

@@ -50,6 +50,7 @@ def test_parquet_and_gzip_jsonl_and_html_folder(tmp_path):
     with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "hello world", "id": "x"}) + "\n")
         f.write(json.dumps({"text": 3}) + "\n")
+        f.write('{"text": "lone \\ud800 surrogate"}\n')
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "index.html").write_text("<html><body><p>Hi there</p></body></html>")
     (tmp_path / "site" / "empty.html").write_bytes(b"   ")
@@ -58,7 +59,7 @@ def test_parquet_and_gzip_jsonl_and_html_folder(tmp_path):
     assert sorted(d.text for d in docs) == ["<html><body><p>Hi there</p></body></html>", "hello world"]
     assert stats["skipped_missing_text"] == 1
     assert stats["skipped_empty_page"] == 1
-    assert stats["skipped_undecodable"] == 1
+    assert stats["skipped_undecodable"] == 2  # latin.html and the surrogate row
 
 
 def test_corrupt_files_are_counted_and_skipped(tmp_path):
