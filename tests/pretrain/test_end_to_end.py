@@ -2,24 +2,23 @@
 the tiny recipe with the real tokenizer end to end, kill -9 in every stage then resume to identical weights, the
 annealing data probe, and layout switches that reproduce one process.
 
-Each run is a fresh ``hf-llama3 pretrain`` process (which starts its 2 ranks itself): forking ranks from this test
-process after it has computed with OpenMP threads can deadlock them.
+``hf-llama3 pretrain`` forks its 2 ranks from this test process (``training.parallel.spawn``); a killed run's
+SIGKILLed rank ends the launch with ``ProcessExitedException``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from torch.multiprocessing import ProcessExitedException
 from transformers import AutoModelForCausalLM
 
+from hf_llama3.cli import main as cli_main
 from training.parallel.checkpoint import FAULT_ENV
 
 from .conftest import write_test_shards
@@ -33,15 +32,8 @@ def _sources(folder: Path) -> str:
     return yaml.safe_dump({c: {"path": str(folder), "category": c} for c in CATEGORIES}, default_flow_style=True)
 
 
-def _pretrain(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    """``hf-llama3 pretrain ARGS`` in a new process; ``fault`` SIGKILLs a rank (``step:<n>:<rank>``)."""
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV} | ({FAULT_ENV: fault} if fault else {})
-    command = [sys.executable, "-m", "hf_llama3.cli", "pretrain", *args]
-    return subprocess.run(command, cwd=RECIPES.parent, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
+def _pretrain(*args: str) -> None:
+    assert cli_main(["pretrain", *args]) == 0
 
 
 def _records(path: Path) -> list[dict]:
@@ -57,7 +49,7 @@ def test_tiny_recipe_runs_all_three_stages(tmp_path):
     argv = ["pretrain", "--config", str(RECIPES / "tiny" / "pretrain.yaml"), "--set", f"output_dir={out}"]
     argv += ["--set", f"sources={_sources(shards)}", "--set", "initial.tokens=10240"]
     argv += ["--set", "long_context.max_tokens=2048", "--set", "anneal.tokens=4096", "--set", "anneal.average_every=1"]
-    _ok(_pretrain(*argv[1:]))
+    _pretrain(*argv[1:])
 
     steps = _records(out / "metrics.jsonl")
     stages = [r["stage"] for r in steps]
@@ -116,9 +108,9 @@ def _small_recipe(tmp_path: Path, shards: Path, output: Path) -> Path:
     return path
 
 
-def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_shards):
+def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_shards, monkeypatch):
     reference = _small_recipe(tmp_path, byte_shards, tmp_path / "reference")
-    _ok(_pretrain("--config", str(reference)))
+    _pretrain("--config", str(reference))
     steps = _records(tmp_path / "reference" / "metrics.jsonl")
     first = {}
     for index, record in enumerate(steps):
@@ -127,10 +119,12 @@ def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_
 
     resumed = _small_recipe(tmp_path, byte_shards, tmp_path / "resumed")
     for step, rank in zip(kills, [1, 0, 1]):
-        killed = _pretrain("--config", str(resumed), fault=f"step:{step}:{rank}")
-        assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+        monkeypatch.setenv(FAULT_ENV, f"step:{step}:{rank}")
+        with pytest.raises(ProcessExitedException, match="SIGKILL"):
+            cli_main(["pretrain", "--config", str(resumed)])
         assert not (tmp_path / "resumed" / "hf").exists()
-    _ok(_pretrain("--config", str(resumed)))
+    monkeypatch.delenv(FAULT_ENV)
+    _pretrain("--config", str(resumed))
 
     want = load_file(tmp_path / "reference" / "hf" / "model.safetensors")
     got = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
@@ -157,7 +151,7 @@ def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_
         output_dir=str(tmp_path / "probe"),
     )
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
-    _ok(_pretrain("--config", str(tmp_path / "probe.yaml")))
+    _pretrain("--config", str(tmp_path / "probe.yaml"))
     report = json.loads((tmp_path / "probe" / "probe_report.json").read_text())
     assert set(report["delta"]) == set(report["before"]) and "mean" in report["delta"]
     assert report["candidate"]["weights"]["code"] == pytest.approx(0.3 + 0.7 * 0.30)
@@ -172,14 +166,15 @@ def test_layout_switches_reproduce_one_process(tmp_path, byte_shards):
     the same model as one process: losses and final weights agree to float rounding."""
     results = {}
     for name, layouts in {
-        "single": ({}, None, None),
+        # The forked run first: this process then trains in-process (tqdm threads etc.) only after it.
         "switching": ({"pp": 2, "pp_microbatches": 2}, {"tp": 2}, {"dp_shard": 2}),
+        "single": ({}, None, None),
     }.items():
         path = _small_recipe(tmp_path, byte_shards, tmp_path / name)
         recipe = yaml.safe_load(path.read_text())
         recipe["parallel"], recipe["long_context"]["parallel"], recipe["anneal"]["parallel"] = layouts
         path.write_text(yaml.safe_dump(recipe))
-        _ok(_pretrain("--config", str(path)))
+        _pretrain("--config", str(path))
         losses = [r["loss"] for r in _records(tmp_path / name / "metrics.jsonl")]
         results[name] = losses, load_file(tmp_path / name / "hf" / "model.safetensors")
     (losses_a, weights_a), (losses_b, weights_b) = results.values()
