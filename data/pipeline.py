@@ -143,7 +143,11 @@ def run_file_task(config: CurateConfig, index: int, path: str, out_dir: str) -> 
                 name = _step_name(step)
                 stats.seen(name, doc)
                 chars = len(doc.text)
-                result = step.filter(doc)
+                try:
+                    result = step.filter(doc)
+                except Exception as err:  # one document a step cannot handle is dropped, counted and logged
+                    logger.warning("%s failed on document %s of %s: %r", name, doc.id, path, err)
+                    result = (False, "step_error")
                 keep, reason = (result, None) if isinstance(result, bool) else result
                 if not keep:
                     stats.dropped(name, reason or "dropped", chars)

@@ -82,6 +82,30 @@ def test_kill_mid_run_then_resume_with_two_workers_gives_identical_output(uninte
     assert tree_digest(out) == tree_digest(reference)
 
 
+def test_a_document_that_breaks_a_step_is_counted_not_fatal(tmp_path, monkeypatch):
+    """A step raising on one document (a bug or a pathological page) drops that document as ``step_error``."""
+    from data import pipeline
+    from data.config import load_config
+
+    class RaisesOnOne:
+        def filter(self, doc):
+            if doc.id == "breaks":
+                raise RuntimeError("pathological page")
+            return True
+
+    real_steps = pipeline.per_document_steps
+    monkeypatch.setattr(pipeline, "per_document_steps", lambda cfg: [real_steps(cfg)[0], RaisesOnOne()])
+    rows = [{"text": "fine text " * 40, "id": "ok"}, {"text": "x " * 100, "id": "breaks"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(RECIPE, [f"output_dir={tmp_path}/o", f"reader.paths=[{tmp_path}/in.jsonl]"])
+    (tmp_path / "o").mkdir()
+    stats = json.loads(
+        Path(pipeline.run_file_task(config, 0, str(tmp_path / "in.jsonl"), str(tmp_path / "o"))).read_text()
+    )
+    assert stats["kept"] == 1
+    assert stats["steps"][1]["dropped"] == {"step_error": {"docs": 1, "chars": 200}}
+
+
 def test_rerun_with_other_settings_is_refused(uninterrupted, capsys):
     out, _ = uninterrupted
     args = ["curate", "--config", str(RECIPE), "--set", f"output_dir={out}", "--set", f"reader.paths=[{SAMPLE}]"]
