@@ -21,11 +21,9 @@ from transformers import AutoModelForCausalLM
 from hf_llama3.cli import main as cli_main
 from training.parallel.checkpoint import FAULT_ENV
 
-from .conftest import write_test_shards
+from .conftest import CATEGORIES, RECIPES, small_recipe, write_test_shards
 
 pytestmark = pytest.mark.slow
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-CATEGORIES = ("general", "math_reasoning", "code", "multilingual")
 
 
 def _sources(folder: Path) -> str:
@@ -82,34 +80,8 @@ def test_tiny_recipe_runs_all_three_stages(tmp_path):
     assert (export / "tokenizer.json").is_file()
 
 
-def _small_recipe(tmp_path: Path, shards: Path, output: Path) -> Path:
-    """The tiny recipe at vocab 512 without the tokenizer: 6 + 2 + 2 steps in seconds."""
-    recipe = yaml.safe_load((RECIPES / "tiny" / "pretrain.yaml").read_text())
-    recipe.update(
-        model_overrides={"vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
-        sources={c: {"path": str(shards), "category": c} for c in CATEGORIES},
-        tokenizer=None,
-        eval_seq_len=64,
-        output_dir=str(output),
-        checkpoint_every=2,
-        report_to=["jsonl"],
-    )
-    recipe["initial"].update(
-        tokens=2048,
-        ramp=[
-            {"after_tokens": 0, "batch_tokens": 256, "seq_len": 32},
-            {"after_tokens": 1024, "batch_tokens": 512, "seq_len": 64},
-        ],
-    )
-    recipe["long_context"].update(seq_lens=[128, 256], batch_tokens=512, min_tokens=512, max_tokens=1024, needle=False)
-    recipe["anneal"].update(tokens=1024, seq_len=256, batch_tokens=512, average_every=1)
-    path = tmp_path / f"{output.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_shards, monkeypatch):
-    reference = _small_recipe(tmp_path, byte_shards, tmp_path / "reference")
+    reference = small_recipe(tmp_path, byte_shards, tmp_path / "reference")
     _pretrain("--config", str(reference))
     steps = _records(tmp_path / "reference" / "metrics.jsonl")
     first = {}
@@ -117,7 +89,7 @@ def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_
         first.setdefault(record["stage"].split("_")[0], index)
     kills = [first["initial"] + 3, first["long"], first["anneal"] + 1]  # 0-based step indices, one per stage
 
-    resumed = _small_recipe(tmp_path, byte_shards, tmp_path / "resumed")
+    resumed = small_recipe(tmp_path, byte_shards, tmp_path / "resumed")
     for step, rank in zip(kills, [1, 0, 1]):
         monkeypatch.setenv(FAULT_ENV, f"step:{step}:{rank}")
         with pytest.raises(ProcessExitedException, match="SIGKILL"):
@@ -170,7 +142,7 @@ def test_layout_switches_reproduce_one_process(tmp_path, byte_shards):
         "switching": ({"pp": 2, "pp_microbatches": 2}, {"tp": 2}, {"dp_shard": 2}),
         "single": ({}, None, None),
     }.items():
-        path = _small_recipe(tmp_path, byte_shards, tmp_path / name)
+        path = small_recipe(tmp_path, byte_shards, tmp_path / name)
         recipe = yaml.safe_load(path.read_text())
         recipe["parallel"], recipe["long_context"]["parallel"], recipe["anneal"]["parallel"] = layouts
         path.write_text(yaml.safe_dump(recipe))

@@ -1,0 +1,25 @@
+"""Runner behaviour in one process: a stage whose layout needs more processes checkpoints and asks for a relaunch,
+and the resumed run state names where it stopped."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from training.post_cli import build_config
+from training.pretrain.cli import build_stages
+from training.pretrain.config import PretrainRecipe
+from training.pretrain.runner import RelaunchNeeded, Runner, read_run_state
+
+from .conftest import small_recipe
+
+
+def test_layout_with_another_world_size_asks_for_a_relaunch(tmp_path, byte_shards, single_process_group):
+    values = yaml.safe_load(small_recipe(tmp_path, byte_shards, tmp_path / "run").read_text())
+    values["parallel"], values["long_context"]["parallel"] = {}, {"dp_shard": 2}
+    recipe = build_config(PretrainRecipe, values)
+    runner = Runner(recipe, build_stages(recipe), recipe.output_dir)
+    with pytest.raises(RelaunchNeeded, match=r"long_context_1_128 runs on 2 processes .* relaunch the same command"):
+        runner.run()
+    state = read_run_state(tmp_path / "run" / "checkpoints" / "step_00000006")["run"]
+    assert (state["stage"], state["stage_step"], state["tokens"]) == (1, 0, 2048)
