@@ -3,6 +3,8 @@ and the resumed run state names where it stopped."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -23,3 +25,22 @@ def test_layout_with_another_world_size_asks_for_a_relaunch(tmp_path, byte_shard
         runner.run()
     state = read_run_state(tmp_path / "run" / "checkpoints" / "step_00000006")["run"]
     assert (state["stage"], state["stage_step"], state["tokens"]) == (1, 0, 2048)
+
+
+def test_runner_skips_a_planted_bad_batch_and_logs_it(tmp_path, byte_shards, single_process_group):
+    values = yaml.safe_load(small_recipe(tmp_path, byte_shards, tmp_path / "run").read_text())
+    values["long_context"]["parallel"] = values["anneal"]["parallel"] = None
+    values["parallel"], values["spike"] = {}, {"window": 2, "max_consecutive": 2}
+    recipe = build_config(PretrainRecipe, values)
+    runner = Runner(recipe, build_stages(recipe), recipe.output_dir)
+    bad_step = 4
+    runner.trainer.stages[0][1].lm_head.register_forward_hook(
+        lambda _m, _i, out: out * float("nan") if runner.trainer.step_count == bad_step else out
+    )
+    state = runner.run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["skipped"]] == [bad_step + 1]
+    assert records[bad_step]["loss"] != records[bad_step]["loss"]  # NaN, logged
+    assert all(r["loss"] == r["loss"] for i, r in enumerate(records) if i != bad_step)
+    assert state.finished and runner.guard.skipped_total == 1
+    assert state.tokens == sum(r["batch_size"] * r["seq_len"] for r in records)  # the bad batch was consumed
