@@ -57,7 +57,10 @@ class QualityConfig:
         fasttext_threshold: drop documents whose ``hq`` probability is below this.
         encoder_classifier: a folder written by :meth:`EncoderClassifier.save`.
         encoder_threshold: drop documents whose predicted quality probability is below this.
-        domains: apply the models to documents of these domains only.
+        domains: apply the two models above to documents of these domains only.
+        domain_encoders: domain -> encoder-classifier folder for domain-specific classifiers (the paper's
+            code and math classifiers [3.1.1]), e.g. ``{code: code_quality/, math: math_quality/}``; a
+            document of such a domain is judged by its own classifier (``low_<domain>_quality``).
     """
 
     fasttext_model: str | None = None
@@ -65,10 +68,12 @@ class QualityConfig:
     encoder_classifier: str | None = None
     encoder_threshold: float = 0.5
     domains: list[str] = field(default_factory=lambda: ["general"])
+    domain_encoders: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("fasttext_model", "encoder_classifier"):
-            value = getattr(self, name)
+        paths = {"fasttext_model": self.fasttext_model, "encoder_classifier": self.encoder_classifier}
+        paths.update({f"domain_encoders.{d}": p for d, p in self.domain_encoders.items()})
+        for name, value in paths.items():
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(
                     f"quality.{name} {value!r} does not exist: train it first (see README, Data curation)."
@@ -184,10 +189,19 @@ class QualityFilter(BaseFilter):
         self.config = config or QualityConfig()
         self._fasttext = None
         self._encoder = None
+        self._domain_encoders: dict[str, EncoderClassifier] = {}
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         cfg = self.config
-        if doc.metadata.get("domain", "general") not in cfg.domains:
+        domain = doc.metadata.get("domain", "general")
+        if domain in cfg.domain_encoders:
+            if domain not in self._domain_encoders:
+                self._domain_encoders[domain] = EncoderClassifier.load(cfg.domain_encoders[domain])
+            score = float(self._domain_encoders[domain].predict_proba([doc.text])[0])
+            doc.metadata[f"{domain}_quality"] = round(score, 4)
+            if score < cfg.encoder_threshold:
+                return False, f"low_{domain}_quality"
+        if domain not in cfg.domains:
             return True
         if cfg.fasttext_model:
             self._fasttext = self._fasttext or load_fasttext(cfg.fasttext_model)

@@ -112,6 +112,14 @@ def test_encoder_classifier_on_judge_labels_and_filter(split, tmp_path):
     out = list(step.run([Document(text=test_pos[0], id="good"), Document(text=test_neg[0], id="spam")]))
     assert [d.id for d in out] == ["good"] and "encoder_quality" in out[0].metadata
     assert step.stats["dropped_low_encoder_quality"].total == 1
+    # A domain-specific classifier (the paper's code/math classifiers) judges only its domain.
+    step = QualityFilter(QualityConfig(domain_encoders={"code": str(tmp_path / "enc")}, domains=[]))
+    code_docs = [
+        Document(text=t, id=i, metadata={"domain": "code"}) for t, i in ((test_pos[0], "good"), (test_neg[0], "bad"))
+    ]
+    general = Document(text=test_neg[0], id="general-spam", metadata={"domain": "general"})
+    assert [d.id for d in step.run([*code_docs, general])] == ["good", "general-spam"]
+    assert step.stats["dropped_low_code_quality"].total == 1
     with pytest.raises(ValueError, match="both classes"):
         EncoderClassifier.fit(classifier, texts[:3], [1, 1, 1])
     with pytest.raises(FileNotFoundError, match="train it first"):
