@@ -186,7 +186,6 @@ def main(argv: list[str]) -> int:
     """``hf-llama3 dpo``: preference-optimise a policy on the latest preference data [4.1.4]."""
     from transformers import AutoModelForCausalLM
 
-    import hf_llama3  # noqa: F401  (registers the llama3 model type with the Auto classes)
     from training.post_cli import (
         export_model,
         last_checkpoint,

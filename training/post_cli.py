@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+import hf_llama3  # noqa: F401  (registers model_type llama3 with the Auto classes every stage loads through)
+
 ConfigT = TypeVar("ConfigT")
 
 

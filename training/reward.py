@@ -368,7 +368,6 @@ def main(argv: list[str]) -> int:
     """``hf-llama3 reward``: train a reward model from a pre-trained checkpoint [4.1.2]."""
     from transformers import AutoModelForSequenceClassification
 
-    import hf_llama3  # noqa: F401  (registers the llama3 model type with the Auto classes)
     from training.post_cli import (
         export_model,
         last_checkpoint,

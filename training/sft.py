@@ -111,7 +111,6 @@ def main(argv: list[str]) -> int:
     """``hf-llama3 sft``: fine-tune a policy on SFT dialogs (rejection-sampled and user data) [4.1.3]."""
     from transformers import AutoModelForCausalLM
 
-    import hf_llama3  # noqa: F401  (registers the llama3 model type with the Auto classes)
     from training.post_cli import export_model, last_checkpoint, load_stage_config, load_stage_tokenizer, stage_parser
 
     args = stage_parser(
