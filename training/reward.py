@@ -299,6 +299,7 @@ class Llama3RewardTrainer(RewardTrainer):
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs
         )
+        self._pair_counts = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}  # (correctly ranked, all) ordered pairs
 
     def _prepare_dataset(self, dataset: Dataset, processing_class, args: Llama3RewardConfig, dataset_name: str):
         if set(PACKED_COLUMNS) <= set(dataset.column_names):
@@ -345,6 +346,10 @@ class Llama3RewardTrainer(RewardTrainer):
         if self._signature_columns is None:
             self._signature_columns = list(PACKED_COLUMNS)
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        self._pair_counts["train" if self.model.training else "eval"] = [0.0, 0.0]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         rewards = packed_rewards(model, inputs)
@@ -354,7 +359,9 @@ class Llama3RewardTrainer(RewardTrainer):
             loss = loss + self.args.center_rewards_coefficient * (rewards[present] ** 2).mean()
         with torch.no_grad():
             totals = self.accelerator.reduce(torch.stack([correct, pairs]).float(), reduction="sum")
-            self._metrics[mode]["accuracy"].append((totals[0] / totals[1]).item())
+            # Pooled over every pair seen since the last log, not averaged per batch (batches hold unequal pair counts).
+            self._pair_counts[mode] = [a + b for a, b in zip(self._pair_counts[mode], totals.tolist())]
+            self._metrics[mode]["accuracy"] = [self._pair_counts[mode][0] / self._pair_counts[mode][1]]
             present = inputs["response_ranks"] >= 0
             self._metrics[mode]["mean_reward"].append(self.accelerator.gather(rewards[present].mean()).mean().item())
             if mode == "train":

@@ -140,6 +140,7 @@ def test_trainer_trains_and_exports(tmp_path, tokenizer):
 
     from tests.post_training.conftest import PREFERENCE_ROWS
     from training.post_cli import export_model
+    from training.reward import ranked_responses, tokenize_prompt_and_responses
 
     trainer = _trainer(tmp_path, tokenizer, PREFERENCE_ROWS)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -147,6 +148,17 @@ def test_trainer_trains_and_exports(tmp_path, tokenizer):
     assert math.isfinite(result.training_loss)
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert "score.weight" in changed and any("layers.0" in n for n in changed)
+    # Ranking accuracy over the whole eval set, pooled over its ordered pairs (3 + 1 + 3 after the strength filter).
+    metrics = trainer.evaluate(eval_dataset=Dataset.from_list(PREFERENCE_ROWS))
+    model = trainer.model.eval()
+    correct = 0
+    with torch.no_grad():
+        for row in (PREFERENCE_ROWS[0], PREFERENCE_ROWS[1], PREFERENCE_ROWS[3]):
+            prompt_ids, responses = tokenize_prompt_and_responses(tokenizer, row["prompt"], ranked_responses(row))
+            scores = [model(input_ids=torch.tensor([prompt_ids + r])).logits.item() for r in responses]
+            correct += sum(scores[i] > scores[j] for i in range(len(scores)) for j in range(i + 1, len(scores)))
+    assert metrics["eval_accuracy"] == pytest.approx(correct / 7)
+    assert math.isfinite(metrics["eval_loss"])
     out = export_model(trainer, tmp_path / "rm")
     reloaded = AutoModelForSequenceClassification.from_pretrained(out)
     torch.testing.assert_close(reloaded.score.weight, trainer.model.score.weight)
