@@ -1,7 +1,7 @@
-"""``hf-llama3 pretrain`` under real launchers. torchrun: one rank is SIGKILLed in the middle of writing a
-checkpoint, torchrun tears the job down, the same command is rerun and resumes from the last complete checkpoint;
-the exported weights equal those of an uninterrupted single-process run. ``accelerate launch --multi_gpu`` on CPU
-runs the same loop over gloo."""
+"""``hf-llama3 pretrain`` under real launchers, on a recipe with only stage 1 (the engine-only run). torchrun: one
+rank is SIGKILLed in the middle of writing a checkpoint, torchrun tears the job down, the same command is rerun and
+resumes from the last complete checkpoint; the exported weights equal those of an uninterrupted single-process run.
+``accelerate launch --multi_gpu`` on CPU runs the same loop over gloo."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import yaml
 from hf_llama3 import Llama3ForCausalLM
 from hf_llama3.cli import main as cli_main
 from tests.distributed.harness import OPTIMIZER, TINY_OVERRIDES, tiny_config
+from tests.pretrain.conftest import ByteTokenizer, write_test_shards
 from training.parallel.checkpoint import FAULT_ENV, latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,16 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
-def _recipe(path: Path, output_dir: Path, parallel: dict) -> Path:
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Packed shards of the byte tokenizer (ids < 259, EOS 2: inside the tiny model's 1024-token vocabulary)."""
+    folder = tmp_path_factory.mktemp("shards")
+    write_test_shards(folder, ByteTokenizer())
+    return folder
+
+
+def _recipe(path: Path, output_dir: Path, parallel: dict, shards: Path, steps: int = 6) -> Path:
+    """Stage 1 only, one shape (4 sequences of 32 tokens per step), ``steps`` steps."""
     recipe = dict(
         model="tiny",
         model_overrides=TINY_OVERRIDES,
@@ -37,11 +47,17 @@ def _recipe(path: Path, output_dir: Path, parallel: dict) -> Path:
             warmup_steps=OPTIMIZER.warmup_steps,
             decay_steps=4,
         ),
-        batch_size=4,
-        seq_len=32,
-        steps=6,
+        sources={"general": str(shards)},
+        tokenizer=None,
+        eval_seq_len=32,
+        initial=dict(
+            tokens=steps * 4 * 32,
+            ramp=[{"after_tokens": 0, "batch_tokens": 4 * 32, "seq_len": 32}],
+            mix=[{"after_tokens": 0, "weights": {"general": 1.0}}],
+        ),
         checkpoint_every=2,
         keep_last=3,
+        report_to=["jsonl"],
         output_dir=str(output_dir),
     )
     path.write_text(yaml.safe_dump(recipe))
@@ -49,7 +65,7 @@ def _recipe(path: Path, output_dir: Path, parallel: dict) -> Path:
 
 
 def _torchrun(recipe: Path, nproc: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", "-m", "training.parallel.launch"]
+    command = [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", "-m", "training.pretrain.cli"]
     return _run([*command, "--config", str(recipe)], env)
 
 
@@ -66,13 +82,13 @@ def _run(command: list[str], env: dict[str, str] | None = None) -> subprocess.Co
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_kill_9_during_save_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+def test_kill_9_during_save_then_resume_equals_uninterrupted_run(tmp_path: Path, shards: Path) -> None:
     # Ground truth: one process, no interruption, through the CLI entry point.
     reference_dir = tmp_path / "reference"
-    assert cli_main(["pretrain", "--config", str(_recipe(tmp_path / "ref.yaml", reference_dir, {}))]) == 0
+    assert cli_main(["pretrain", "--config", str(_recipe(tmp_path / "ref.yaml", reference_dir, {}, shards))]) == 0
 
     run_dir = tmp_path / "run"
-    recipe = _recipe(tmp_path / "run.yaml", run_dir, {"dp_shard": 2})
+    recipe = _recipe(tmp_path / "run.yaml", run_dir, {"dp_shard": 2}, shards)
     crashed = _torchrun(recipe, 2, env={FAULT_ENV: "save:4:1"})
     assert crashed.returncode != 0, crashed.stderr[-3000:]
     checkpoints = run_dir / "checkpoints"
@@ -103,14 +119,17 @@ def _losses(output_dir: Path) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_accelerate_launch_multi_gpu_on_cpu_runs_context_parallel(tmp_path: Path) -> None:
+def test_accelerate_launch_multi_gpu_on_cpu_runs_context_parallel(tmp_path: Path, shards: Path) -> None:
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    three_steps = ["--set", f"initial.tokens={3 * 4 * 32}"]
     assert (
-        cli_main(["pretrain", "--config", str(_recipe(tmp_path / "ref.yaml", reference_dir, {})), "--set", "steps=3"])
+        cli_main(
+            ["pretrain", "--config", str(_recipe(tmp_path / "ref.yaml", reference_dir, {}, shards)), *three_steps]
+        )
         == 0
     )
-    recipe = _recipe(tmp_path / "run.yaml", run_dir, {"cp": 2})
-    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "-m", "training.parallel.launch"]
-    result = _run([*command, "--config", str(recipe), "--set", "steps=3"])
+    recipe = _recipe(tmp_path / "run.yaml", run_dir, {"cp": 2}, shards)
+    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "-m", "training.pretrain.cli"]
+    result = _run([*command, "--config", str(recipe), *three_steps])
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.tensor(_losses(run_dir)), torch.tensor(_losses(reference_dir)), rtol=0, atol=1e-5)

@@ -20,9 +20,8 @@ from safetensors import safe_open
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
 from hf_llama3.cli import main as cli_main
 from tests.distributed.harness import TINY_OVERRIDES
-from training.nanotron.config import nanotron_config
+from training.nanotron.config import NanotronRecipe, nanotron_config
 from training.nanotron.convert import convert_from_nanotron, convert_to_nanotron, read_nanotron_checkpoint
-from training.parallel.launch import PretrainConfig
 
 NANOTRON_SPEC = importlib.util.find_spec("nanotron")
 needs_nanotron = pytest.mark.skipif(NANOTRON_SPEC is None, reason="nanotron==0.4 not installed (pip install .[dev])")
@@ -138,8 +137,8 @@ def _nanotron_llama_config_class():
     return module.LlamaConfig
 
 
-def _recipe(**parallel) -> PretrainConfig:
-    return PretrainConfig(
+def _recipe(**parallel) -> NanotronRecipe:
+    return NanotronRecipe(
         model="tiny",
         model_overrides=dict(TINY_OVERRIDES),
         parallel=parallel,

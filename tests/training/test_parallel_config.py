@@ -12,9 +12,11 @@ from hf_llama3.modeling_llama3 import document_mask_function
 from training.parallel.context_parallel import build_attention_mask, gathered_indices, load_balanced_indices
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import OptimizerConfig
-from training.parallel.launch import PretrainConfig, documents_from_eos
 from training.parallel.metrics import ThroughputMeter, matmul_params, training_flops_per_token
 from training.parallel.pipeline_parallel import stage_ids_for_rank, stage_layer_counts
+from training.pretrain.batches import documents_from_eos
+from training.pretrain.cli import check_sources
+from training.pretrain.config import PretrainRecipe
 
 
 def test_parallel_dims_validation_names_the_problem() -> None:
@@ -111,10 +113,22 @@ def test_lr_schedule_warmup_then_cosine_to_the_floor() -> None:
         OptimizerConfig(lr=0)
 
 
+def _stage_one_recipe(source: str, seq_len: int = 32, **fields) -> PretrainRecipe:
+    """A recipe with only stage 1 (no long context, no annealing): one shape, one source."""
+    initial = dict(
+        tokens=4 * seq_len,
+        ramp=[{"after_tokens": 0, "batch_tokens": 4 * seq_len, "seq_len": seq_len}],
+        mix=[{"after_tokens": 0, "weights": {"general": 1.0}}],
+    )
+    return PretrainRecipe(sources={"general": source}, initial=initial, **fields)
+
+
 def test_pretrain_recipe_validation_and_eos_documents(tmp_path) -> None:
+    recipe = _stage_one_recipe(str(tmp_path))
+    assert recipe.anneal is None and recipe.long_context is None and len(recipe.batch_shapes()) == 1
     with pytest.raises(ValueError, match="divisible by 2 \\* cp"):
-        PretrainConfig(parallel={"cp": 2}, seq_len=30)
-    with pytest.raises(FileNotFoundError, match="no such token file"):
-        PretrainConfig(data=str(tmp_path / "missing.npy"))
+        _stage_one_recipe(str(tmp_path), seq_len=30, parallel={"cp": 2})
+    with pytest.raises(FileNotFoundError, match="holds no packed shards"):
+        check_sources(_stage_one_recipe(str(tmp_path / "missing")))
     ids = torch.tensor([[5, 2, 7, 8, 2, 9]])
     assert documents_from_eos(ids, eos_token_id=2).tolist() == [[0, 0, 1, 1, 1, 2]]

@@ -1,9 +1,10 @@
 """``hf-llama3 nanotron-config``: a Nanotron training YAML for our model config and parallel layout.
 
-The input is the ``hf-llama3 pretrain`` recipe (model preset, ``parallel``, ``optimizer``, batch and sequence
-sizes, steps), so the same recipe runs on our engine or, on a GPU cluster, on Nanotron:
+The input is a model + parallel layout (model preset, ``parallel``, ``optimizer``, batch and sequence sizes, steps),
+the same ``model``/``parallel``/``optimizer`` keys as an ``hf-llama3 pretrain`` recipe, so a layout tried on our
+engine runs, on a GPU cluster, on Nanotron:
 
-    hf-llama3 nanotron-config --config recipes/tiny/pretrain_parallel.yaml --output nanotron.yaml
+    hf-llama3 nanotron-config --config recipes/tiny/nanotron.yaml --set parallel.tp=2 --output nanotron.yaml
     torchrun --nproc-per-node 8 run_train.py --config-file nanotron.yaml      # in a Nanotron checkout
 
 What cannot be carried over is refused or warned about: Nanotron's Llama has no context parallelism (its main
@@ -13,6 +14,8 @@ a fixed RoPE base of 10000 in the 0.4 release, and no Llama 3.1 rope scaling.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -23,10 +26,10 @@ from typing import Any
 
 import yaml
 
+from hf_llama3 import Llama3Config
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import OptimizerConfig
-from training.parallel.launch import PretrainConfig, pretrain_config_from_args
-from training.post_cli import stage_parser
+from training.post_cli import load_stage_config, parse_overrides, stage_parser
 
 from .convert import nanotron_model_config, rope_warnings
 
@@ -36,8 +39,61 @@ logger = logging.getLogger(__name__)
 _PP_ENGINES = {"gpipe": "afab", "1f1b": "1f1b"}
 
 
+@dataclasses.dataclass
+class NanotronRecipe:
+    """What a Nanotron config is made from (YAML keys; ``--set parallel.tp=2`` reaches nested sections).
+
+    Args:
+        model: A preset name of ``Llama3Config.from_preset``.
+        model_overrides: Config fields changed from the preset (e.g. ``vocab_size``).
+        parallel: ``ParallelDims`` fields (dp_replicate, dp_shard, cp, tp, pp, pp_schedule, ...).
+        optimizer: ``OptimizerConfig`` fields (AdamW, warmup + cosine).
+        seed: Nanotron's run seed.
+        batch_size: Sequences per step (global).
+        seq_len: Tokens per sequence.
+        steps: Optimizer steps in total.
+        checkpoint_every: Nanotron's checkpoint interval (0: only at the end).
+    """
+
+    model: str = "tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    parallel: dict = dataclasses.field(default_factory=dict)
+    optimizer: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 8
+    seq_len: int = 64
+    steps: int = 10
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0.")
+        ParallelDims(**self.parallel).validate_batch(self.batch_size, self.seq_len)
+
+    def model_config(self) -> Llama3Config:
+        """The model's config: preset plus overrides, validated."""
+        return Llama3Config.from_preset(self.model, **self.model_overrides)
+
+
+def recipe_from_args(args: argparse.Namespace) -> NanotronRecipe:
+    """The layout from ``--config`` and ``--set`` (``--set parallel.tp=2`` updates one field of a nested section)."""
+    nested = [pair for pair in args.overrides if "." in pair.partition("=")[0]]
+    args.overrides = [pair for pair in args.overrides if pair not in nested]
+    recipe = load_stage_config(NanotronRecipe, args)
+    for key, value in parse_overrides(nested).items():
+        section, _, field = key.partition(".")
+        if not isinstance(getattr(recipe, section, None), dict):
+            raise ValueError(f"--set {key}: {section!r} is not a nested section of the Nanotron recipe.")
+        getattr(recipe, section)[field] = value
+    recipe.__post_init__()
+    return recipe
+
+
 def nanotron_config(
-    recipe: PretrainConfig,
+    recipe: NanotronRecipe,
     schema: str = "main",
     checkpoints_path: str = "checkpoints",
     tokenizer: str | None = None,
@@ -134,14 +190,14 @@ def nanotron_config(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hf-llama3 nanotron-config --config RECIPE --output nanotron.yaml [--schema main|0.4]``."""
-    parser = stage_parser("nanotron-config", "Write a Nanotron YAML config for a pretrain recipe.")
+    parser = stage_parser("nanotron-config", "Write a Nanotron YAML config for a model + parallel layout.")
     parser.add_argument("--output", type=Path, required=True, help="YAML file to write")
     parser.add_argument("--schema", choices=["main", "0.4"], default="main", help="Nanotron version targeted")
     parser.add_argument("--checkpoints-path", default="checkpoints", help="Nanotron's checkpoints folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or path for Nanotron")
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    recipe = pretrain_config_from_args(args)
+    recipe = recipe_from_args(args)
     document, warnings = nanotron_config(recipe, args.schema, args.checkpoints_path, args.tokenizer)
     for message in warnings:
         logger.warning(message)

@@ -148,7 +148,7 @@ class ParallelDims:
         """A DeviceMesh with dims ``MESH_DIM_NAMES`` plus the flattened ``dp`` (batch), ``dp_shard_cp`` (FSDP) and
         ``dp_cp`` (loss reduction) dims. Needs an initialised default process group of the right size."""
         if not dist.is_initialized():
-            raise RuntimeError("Initialise torch.distributed before building the mesh (see training.parallel.launch).")
+            raise RuntimeError("Initialise torch.distributed (parallel.distributed.init_distributed) before the mesh.")
         self.validate_world(dist.get_world_size())
         shape = (self.dp_replicate, self.dp_shard, self.pp, self.cp, self.tp)
         mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_DIM_NAMES)

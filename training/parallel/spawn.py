@@ -2,7 +2,7 @@
 
 The processes are forked from the caller, so they share its already-imported torch and transformers and a
 16-process world starts in about a second; each joins the group through a file store in a temporary folder.
-Production runs use ``torchrun`` (see ``training.parallel.launch``) instead.
+Production runs use ``torchrun`` (see ``training.pretrain.cli``) instead.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from data.shards import PackedShardReader
-from training.parallel.launch import documents_from_eos
 
 from .schedules import SourceSampler
 
@@ -93,6 +92,13 @@ class SourceStream:
             )
         rows = range(self.train_rows, len(self.reader))
         return np.stack([self.reader[i]["input_ids"][:seq_len] for i in rows])
+
+
+def documents_from_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Document index of each token of packed rows: a new document starts after every EOS token [3.2]."""
+    starts = torch.zeros_like(input_ids)
+    starts[:, 1:] = (input_ids[:, :-1] == eos_token_id).long()
+    return starts.cumsum(dim=1)
 
 
 def to_batch(input_ids: np.ndarray | torch.Tensor, eos: int) -> dict[str, torch.Tensor]:

@@ -1,12 +1,14 @@
 """``hf-llama3 pretrain``: the paper's three-stage pre-training recipe [3.4], or the annealing data probe [3.1.3].
 
     hf-llama3 pretrain --config recipes/tiny/pretrain.yaml                         # one process
+    hf-llama3 pretrain --config recipes/tiny/pretrain_parallel.yaml                # stage 1 only, on the 4D engine
     torchrun --nproc-per-node 2 -m training.pretrain.cli --config recipes/tiny/pretrain.yaml
     accelerate launch --multi_gpu --num_processes 2 -m training.pretrain.cli --config ...   # gloo on CPU
     hf-llama3 pretrain --config ... --set initial.tokens=65536 --set output_dir=run2   # dotted keys reach sections
 
 Rerunning the same command resumes from ``<output_dir>/checkpoints/latest``. The end product is ``<output_dir>/hf``:
-the Polyak average of the annealing snapshots with the tokenizer and a model card listing the recipe.
+the Polyak average of the annealing snapshots (without an ``anneal`` stage: the last checkpoint) with the tokenizer
+and a model card listing the recipe.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from typing import Any
 import torch.distributed as dist
 import yaml
 
+from hf_llama3.cli import USER_ERRORS
 from hf_llama3.model_card import write_model_card
+from training.parallel.checkpoint import export_hf, latest_checkpoint
 from training.parallel.dims import ParallelDims
-from training.parallel.launch import _init_distributed
+from training.parallel.distributed import init_distributed
 from training.parallel.spawn import run_local
 from training.post_cli import build_config, parse_overrides, read_yaml, stage_parser
 
@@ -68,24 +72,33 @@ def check_sources(recipe: PretrainRecipe) -> None:
 
 
 def build_stages(recipe: PretrainRecipe) -> list:
-    """Stage 1, the K long-context stages, annealing."""
+    """Stage 1, the K long-context stages, annealing (the last two when the recipe has them)."""
     stages: list = [InitialStage(recipe.initial)]
     if recipe.long_context is not None:
         stages += [LongContextStage(recipe.long_context, k) for k in range(len(recipe.long_context.seq_lens))]
-    return [*stages, AnnealStage(recipe.anneal)]
+    if recipe.anneal is not None:
+        stages.append(AnnealStage(recipe.anneal))
+    return stages
 
 
 def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Path:
-    """``<output_dir>/hf``: the Polyak average of the annealing snapshots, the tokenizer and a model card (rank 0).
+    """``<output_dir>/hf``: the Polyak average of the annealing snapshots (without annealing: the last checkpoint),
+    the tokenizer and a model card (rank 0).
 
     Built in ``hf.partial`` and renamed, so ``hf`` is only ever a complete export.
     """
     output_dir = Path(recipe.output_dir)
     final, partial = output_dir / "hf", output_dir / "hf.partial"
-    polyak_average(state.snapshots, partial, last=recipe.anneal.average_last)
+    if recipe.anneal is not None:
+        polyak_average(state.snapshots, partial, last=recipe.anneal.average_last)
+        averaged = state.snapshots[-recipe.anneal.average_last :] if recipe.anneal.average_last else state.snapshots
+        weights = f"annealing with the LR linearly to 0. The weights are the Polyak average of {len(averaged)} "
+        weights += "annealing checkpoints."
+    else:
+        export_hf(latest_checkpoint(output_dir / "checkpoints"), recipe.model_config(), partial)
+        weights = "no annealing. The weights are those of the last checkpoint."
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
-    averaged = state.snapshots[-recipe.anneal.average_last :] if recipe.anneal.average_last else state.snapshots
     gates = [
         f"| {g['stage']} | {g['step']} | {g['short_loss']:.4f} / {g['baseline_loss']:.4f} | "
         f"{'passed' if g['passed'] else 'not passed: ' + '; '.join(g['reasons'])} |"
@@ -101,8 +114,7 @@ def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Pat
             "Training": (
                 f"Pre-trained with `hf-llama3 pretrain` on {state.tokens:,} tokens in three stages [Llama 3, 3.4]: "
                 f"initial pre-training, {len(recipe.long_context.seq_lens) if recipe.long_context else 0} "
-                f"long-context stages, annealing with the LR linearly to 0. The weights are the Polyak average of "
-                f"{len(averaged)} annealing checkpoints."
+                f"long-context stages, {weights}"
             ),
             "Long-context gates": "\n".join(
                 ["| stage | step | short loss / before | gate |", "|---|---|---|---|", *gates]
@@ -116,7 +128,7 @@ def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Pat
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
-    logger.info("Exported the Polyak-averaged model to %s", final)
+    logger.info("Exported the final model to %s", final)
     return final
 
 
@@ -157,11 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = stage_parser("pretrain", "Pre-train Llama 3 with the paper's three-stage recipe [3.4] (TP/CP/PP/FSDP).")
     args = parser.parse_args(argv)
-    if args.config is not None and "initial" not in read_yaml(args.config):
-        # A config without stages is the parallel engine's single-shape loop (recipes/tiny/pretrain_parallel.yaml).
-        from training.parallel.launch import main as engine_main
-
-        return engine_main(argv)
     recipe = recipe_from_args(args)
     check_sources(recipe)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -172,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"the stages' layouts need {worlds} processes: launch each part with torchrun.")
         run_local(worlds[0], _spawned, recipe)
         return 0
-    _init_distributed(recipe.device)
+    init_distributed(recipe.device)
     if dist.get_rank() != 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:
@@ -188,4 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except USER_ERRORS as error:  # one line per rank, as `hf-llama3` prints it, instead of a traceback
+        print(f"training.pretrain.cli: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -263,7 +263,8 @@ class PretrainRecipe:
         eval_sequences: Sequences held out at the end of each source for the short-context evaluation loss.
         eval_seq_len: Length of the evaluation sequences (the short context).
         tokenizer: ``llama3`` (the real tokenizer), a tokenizer folder, or null (no needle test, no tokenizer export).
-        initial, long_context, anneal: The three stages; ``long_context`` may be null (no stage 2).
+        initial, long_context, anneal: The three stages; ``long_context`` and ``anneal`` may be null (no stage 2,
+            no stage 3: the run ends after stage 1 and exports its last checkpoint).
         spike: ``SpikeGuardConfig`` fields.
         mode: ``pretrain`` (the three stages) or ``probe`` (annealing as a data probe, needs ``probe``).
         probe: ``ProbeConfig`` fields.
@@ -276,7 +277,7 @@ class PretrainRecipe:
 
     sources: dict
     initial: Any
-    anneal: Any
+    anneal: Any = None
     long_context: Any = None
     model: str = "tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
@@ -306,13 +307,16 @@ class PretrainRecipe:
                     f"sources.{name} must be a shard folder or {{path: ..., category: ...}}, got {source!r}."
                 )
         self.initial = _section(InitialConfig, self.initial, "initial")
-        self.anneal = _section(AnnealConfig, self.anneal, "anneal")
+        if self.anneal is not None:
+            self.anneal = _section(AnnealConfig, self.anneal, "anneal")
         if self.long_context is not None:
             self.long_context = _section(LongContextConfig, self.long_context, "long_context")
         self.spike = _section(SpikeGuardConfig, self.spike, "spike")
         if self.mode not in ("pretrain", "probe"):
             raise ValueError(f"mode must be 'pretrain' or 'probe', got {self.mode!r}.")
         if self.mode == "probe":
+            if self.anneal is None:
+                raise ValueError("mode: probe anneals: it needs an anneal section.")
             if self.probe is None:
                 raise ValueError("mode: probe needs a probe section (checkpoint, source, weight).")
             self.probe = _section(ProbeConfig, self.probe, "probe")
@@ -325,7 +329,8 @@ class PretrainRecipe:
             raise ValueError(f"report_to entries {unknown_report} are not supported; choose from {REPORT_TO}.")
         if self.eval_sequences < 1 or self.eval_seq_len < 2 or self.checkpoint_every < 1 or self.keep_last < 0:
             raise ValueError("need eval_sequences >= 1, eval_seq_len >= 2, checkpoint_every >= 1, keep_last >= 0.")
-        named = [w for p in self.initial.mix for w in p.weights] + list(self.anneal.weights)
+        named = [w for p in self.initial.mix for w in p.weights]
+        named += list(self.anneal.weights) if self.anneal else []
         named += list(self.long_context.weights) if self.long_context else []
         missing = sorted(set(named) - set(self.sources))
         if missing:
@@ -348,7 +353,9 @@ class PretrainRecipe:
         if self.long_context is not None:
             lc = self.long_context
             shapes += [(n, b, self.layout("long_context")) for n, b in zip(lc.seq_lens, lc.batch_tokens)]
-        return [*shapes, (self.anneal.seq_len, self.anneal.batch_tokens, self.layout("anneal"))]
+        if self.anneal is not None:
+            shapes.append((self.anneal.seq_len, self.anneal.batch_tokens, self.layout("anneal")))
+        return shapes
 
     def model_config(self) -> Llama3Config:
         """The model: preset plus overrides."""
