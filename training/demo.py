@@ -13,6 +13,8 @@ Steps today:
 4. curate: the embedded sample corpus curated into packed shards (``recipes/data/sample.yaml``).
 5. pretrain: the tiny three-stage pre-training recipe on those shards (``recipes/tiny/pretrain.yaml``, 2 CPU ranks):
    ramps, gated long-context stages, annealing and the Polyak-averaged export.
+6. post-train: one iterative post-training round on the pre-trained export (``recipes/tiny/rounds.yaml``): reward
+   model, rejection sampling, SFT, DPO, averaging, and the round's mean reward and win rate.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "data" / "sample"
 DEMO_PROMPT = [{"role": "user", "content": "Name three prime numbers."}]
 
 
@@ -130,7 +134,19 @@ def step_curate(ctx: DemoContext) -> str:
     from data.cli import main as curate_main
 
     out = ctx.output_dir / "curated"
-    if curate_main(["--config", "recipes/data/sample.yaml", "--set", f"output_dir={out}"]) != 0:
+    if (
+        curate_main(
+            [
+                "--config",
+                str(RECIPES / "data" / "sample.yaml"),
+                "--set",
+                f"output_dir={out}",
+                "--set",
+                f"reader.paths=[{json.dumps(str(SAMPLE_CORPUS))}]",
+            ]
+        )
+        != 0
+    ):
         raise RuntimeError("curating the embedded sample failed")
     ctx.artifacts["shards"] = out / "shards"
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
@@ -143,7 +159,14 @@ def step_pretrain(ctx: DemoContext) -> str:
     out = ctx.output_dir / "pretrain"
     categories = ("general", "math_reasoning", "code", "multilingual")
     sources = json.dumps({c: {"path": str(ctx.artifacts["shards"]), "category": c} for c in categories})
-    argv = ["--config", "recipes/tiny/pretrain.yaml", "--set", f"output_dir={out}", "--set", f"sources={sources}"]
+    argv = [
+        "--config",
+        str(RECIPES / "tiny" / "pretrain.yaml"),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"sources={sources}",
+    ]
     if pretrain_main(argv) != 0:
         raise RuntimeError("the tiny three-stage pre-training failed")
     ctx.artifacts["pretrained"] = out / "hf"
@@ -156,12 +179,24 @@ def step_pretrain(ctx: DemoContext) -> str:
     )
 
 
+def step_post_training(ctx: DemoContext) -> str:
+    from training.rounds import demo_round
+
+    out = ctx.output_dir / "post_training"
+    row = demo_round(ctx.artifacts["pretrained"], out)[-1]
+    return (
+        f"1 post-training round (reward model, rejection sampling, SFT, DPO, averaging): mean reward "
+        f"{row['mean_reward']:.3f}, win rate vs the pre-trained policy {row['win_rate_vs_previous']:.2f}; see {out}"
+    )
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("model", step_model),
     ("reload", step_reload),
     ("export", step_export),
     ("curate", step_curate),
     ("pretrain", step_pretrain),
+    ("post-train", step_post_training),
 ]
 
 
