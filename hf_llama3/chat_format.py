@@ -12,8 +12,12 @@ Each turn is ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{body}<|eot_id|>`
 tools (``brave_search.call(query="...")``, ``wolfram_alpha``, code for ``code_interpreter``) and custom
 JSON calls open with ``<|python_tag|>`` and end with ``<|eom_id|>`` (the model waits for the tool's
 result, sent back in an ``ipython`` turn); ``<function=name>{...}</function>`` calls end the turn. That is
-the layout of Meta's ``llama_models/llama3_1/prompt_format.md``; Meta's ``ChatFormat`` encodes the same
-tokens, except that it writes ``<|python_tag|>`` only before code-interpreter calls.
+the layout of Meta's ``llama_models/llama3_1/prompt_format.md`` and the default,
+``python_tag_style="prompt_format"``. Meta's reference ``ChatFormat`` (``llama_models/llama3/chat_format.py``)
+writes ``<|python_tag|>`` only before code-interpreter calls and ends an assistant turn with ``<|eom_id|>``
+only when its ``stop_reason`` says ``end_of_message``; ``python_tag_style="chat_format"`` renders exactly that
+(an assistant turn without ``stop_reason`` then ends with ``<|eot_id|>``, as Meta's ``RawMessage`` does), so
+the token ids equal ``ChatFormat.encode_dialog_prompt``. Both styles parse back with `parse_tool_call`.
 
 Tools are declared with ``builtin_tools`` (names) and ``tools`` (custom JSON-schema definitions, as
 transformers passes them to chat templates). They turn on ``Environment: ipython`` in the system turn,
@@ -25,7 +29,8 @@ system turn, as Meta's tool prompt generators do. ``date_string`` adds the "Cutt
 only, for SFT [paper 4.1.3]) and a formatting-token mask (headers and termination tokens, which DPO drops
 from its loss [paper 4.1.4]). It encodes each piece of text on its own, as Meta's ``ChatFormat`` does,
 and treats special-token text inside messages as plain text. The chat template shipped with the tokenizer
-(``chat_template.jinja``) renders the same string as `render_dialog`; tokenized, it gives the same ids,
+(``chat_template.jinja``, which takes the same options, ``python_tag_style`` included, as template variables)
+renders the same string as `render_dialog`; tokenized, it gives the same ids,
 except for message text that starts with whitespace holding a line break (tokenizing the rendered string
 merges it with the header's ``\\n\\n``) or that contains special-token text.
 """
@@ -51,6 +56,9 @@ CODE_INTERPRETER = "code_interpreter"
 BUILTIN_TOOLS = (*QUERY_TOOLS, CODE_INTERPRETER)
 TOOL_PROMPT_FORMATS = ("json", "function_tag")
 STOP_REASONS = ("end_of_turn", "end_of_message")
+# Where <|python_tag|> goes: "prompt_format" (Meta's prompt_format.md: before built-in, code and JSON calls) or
+# "chat_format" (Meta's ChatFormat.encode_message: before code-interpreter calls only).
+PYTHON_TAG_STYLES = ("prompt_format", "chat_format")
 # Pre-training data ends with 2023 [paper 3.1]; Meta's system prompt says "December 2023".
 KNOWLEDGE_CUTOFF = "December 2023"
 
@@ -92,13 +100,14 @@ class DialogError(ValueError):
 
 @dataclass(frozen=True)
 class DialogOptions:
-    """How a dialog is rendered: declared tools, tool-call format, date line, generation prompt."""
+    """How a dialog is rendered: declared tools, tool-call format, date line, generation prompt, tag style."""
 
     tools: tuple[Mapping[str, Any], ...] = ()
     builtin_tools: tuple[str, ...] = ()
     tool_prompt_format: str = "json"
     date_string: str | None = None
     add_generation_prompt: bool = False
+    python_tag_style: str = "prompt_format"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tools", tuple(self.tools or ()))
@@ -109,6 +118,11 @@ class DialogOptions:
         if self.tool_prompt_format not in TOOL_PROMPT_FORMATS:
             raise DialogError(
                 f"tool_prompt_format={self.tool_prompt_format!r}; use one of {list(TOOL_PROMPT_FORMATS)}."
+            )
+        if self.python_tag_style not in PYTHON_TAG_STYLES:
+            raise DialogError(
+                f"python_tag_style={self.python_tag_style!r}; use 'prompt_format' (Meta's prompt_format.md, the "
+                "default) or 'chat_format' (Meta's ChatFormat: <|python_tag|> before code-interpreter calls only)."
             )
         for i, tool in enumerate(self.tools):
             function = tool.get("function") if isinstance(tool, Mapping) else None
@@ -147,7 +161,7 @@ class Turn:
 class EncodedDialog:
     """Token ids of a dialog with its loss masks (all lists have the same length).
 
-    ``labels`` equals ``input_ids`` on assistant bodies (with a leading ``<|python_tag|>``) and on their
+    ``labels`` equals ``input_ids`` on assistant bodies (their ``<|python_tag|>`` included) and on their
     ``<|eot_id|>``/``<|eom_id|>``, and ``-100`` elsewhere. ``formatting_mask`` is 1 on
     ``<|begin_of_text|>``, every header (``<|start_header_id|>``, role, ``<|end_header_id|>``, ``\\n\\n``)
     and every ``<|eot_id|>``/``<|eom_id|>``.
@@ -222,7 +236,11 @@ def _arguments(call: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]
 
 
 def tool_call_text(call: Mapping[str, Any], options: DialogOptions, where: str = "tool call") -> tuple[str, bool]:
-    """The text of one assistant tool call and whether it opens with ``<|python_tag|>``."""
+    """The text of one assistant tool call and whether it opens with ``<|python_tag|>``.
+
+    With ``python_tag_style="prompt_format"`` built-in, code and JSON calls open with the tag; with
+    ``"chat_format"`` only code-interpreter calls do, as in Meta's ``ChatFormat.encode_message``.
+    """
     name, arguments = _arguments(call, where)
     if name not in options.declared_tools:
         raise DialogError(
@@ -234,11 +252,14 @@ def tool_call_text(call: Mapping[str, Any], options: DialogOptions, where: str =
         value = arguments.get(key) if isinstance(arguments, dict) else None
         if not isinstance(value, str):
             raise DialogError(f"{where}: built-in tool {name!r} takes one string argument {key!r}.")
-        return (value if name == CODE_INTERPRETER else f'{name}.call(query="{value}")'), True
+        if name == CODE_INTERPRETER:
+            return value, True
+        return f'{name}.call(query="{value}")', options.python_tag_style == "prompt_format"
     encoded = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
     if options.tool_prompt_format == "function_tag":
         return f"<function={name}>{encoded}</function>", False
-    return f'{{"type": "function", "name": {json.dumps(name, ensure_ascii=False)}, "parameters": {encoded}}}', True
+    tagged = options.python_tag_style == "prompt_format"
+    return f'{{"type": "function", "name": {json.dumps(name, ensure_ascii=False)}, "parameters": {encoded}}}', tagged
 
 
 def dialog_turns(messages: Sequence[Mapping[str, Any]], options: DialogOptions) -> list[Turn]:
@@ -287,7 +308,9 @@ def dialog_turns(messages: Sequence[Mapping[str, Any]], options: DialogOptions) 
             body, python_tag = tool_call_text(calls[0], options, f"{where} tool_calls[0]")
         stop_reason = message.get("stop_reason")
         if stop_reason is None:  # absent (or None, as datasets fills missing keys)
-            stop_reason = "end_of_message" if python_tag else "end_of_turn"
+            # prompt_format.md: a tagged call waits for its result; Meta's ChatFormat: eom only when asked for.
+            waits = python_tag and options.python_tag_style == "prompt_format"
+            stop_reason = "end_of_message" if waits else "end_of_turn"
         if stop_reason not in STOP_REASONS:
             raise DialogError(f"{where}: stop_reason={stop_reason!r}; use one of {list(STOP_REASONS)}.")
         turns.append(Turn(role, body, EOM if stop_reason == "end_of_message" else EOT, python_tag))
@@ -337,6 +360,7 @@ def encode_dialog(
     tool_prompt_format: str = "json",
     date_string: str | None = None,
     add_generation_prompt: bool = False,
+    python_tag_style: str = "prompt_format",
 ) -> EncodedDialog:
     """Encode a dialog into ``input_ids``, assistant-only ``labels`` and the formatting-token mask.
 
@@ -348,12 +372,16 @@ def encode_dialog(
         tool_prompt_format: ``"json"`` (custom calls as JSON after ``<|python_tag|>``) or ``"function_tag"``.
         date_string: today's date for the system prompt (e.g. ``"26 July 2024"``); None leaves the lines out.
         add_generation_prompt: end with an open assistant header for the model to complete.
+        python_tag_style: ``"prompt_format"`` (Meta's prompt_format.md) or ``"chat_format"`` (token ids equal to
+            Meta's ``ChatFormat.encode_dialog_prompt``); see the module docstring.
 
     Raises:
-        DialogError: empty dialog, unknown role, non-string content, undeclared tool, bad tool call, or a
-            generation prompt after an assistant turn.
+        DialogError: empty dialog, unknown role, non-string content, undeclared tool, bad tool call, a
+            generation prompt after an assistant turn, or an unknown ``python_tag_style``.
     """
-    options = DialogOptions(tools or (), builtin_tools or (), tool_prompt_format, date_string, add_generation_prompt)
+    options = DialogOptions(
+        tools or (), builtin_tools or (), tool_prompt_format, date_string, add_generation_prompt, python_tag_style
+    )
     eom_id, eot_id, tag_id, bos_id = tokenizer.convert_tokens_to_ids([EOM, EOT, PYTHON_TAG, BOS])
     encoded = EncodedDialog()
     encoded.extend([bos_id], trainable=False, formatting=True)

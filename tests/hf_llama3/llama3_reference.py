@@ -50,46 +50,37 @@ def meta_chat_format() -> ChatFormat:
 def meta_encode_dialog(messages, *, add_generation_prompt=False, **options) -> list[int]:
     """Meta's ChatFormat tokens for one of our dialogs.
 
-    The dialog is translated message by message into Meta's RawMessage/ToolCall objects and encoded with
-    `ChatFormat.encode_message`. Meta writes ``<|python_tag|>`` only before code-interpreter calls, while
-    its prompt_format.md (which we follow) opens built-in and JSON calls with it too: the tag is inserted
-    after the header for those. Without a generation prompt, the assistant header that
-    `encode_dialog_prompt` always appends is left out.
+    The dialog is translated message by message into Meta's RawMessage/ToolCall objects (``stop_reason``
+    passed through as it is, None when absent) and encoded with `ChatFormat.encode_message`, untouched: it is
+    what ``python_tag_style="chat_format"`` must reproduce. Without a generation prompt, the assistant header
+    that `encode_dialog_prompt` always appends is left out.
     """
     opts = DialogOptions(**options)
     fmt = ToolPromptFormat.function_tag if opts.tool_prompt_format == "function_tag" else ToolPromptFormat.json
     chat = meta_chat_format()
-    raw: list[tuple[RawMessage, bool]] = []
+    raw: list[RawMessage] = []
     first_system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
     system = system_prompt(first_system, opts)
     if system is not None:
-        raw.append((RawMessage(role="system", content=system), False))
+        raw.append(RawMessage(role="system", content=system))
     tools_text = custom_tools_prompt(opts)
     if tools_text is not None:
-        raw.append((RawMessage(role="user", content=tools_text), False))
+        raw.append(RawMessage(role="user", content=tools_text))
     for message in messages[1:] if first_system is not None else messages:
         role = "tool" if message["role"] in ("tool", "ipython") else message["role"]
         calls = message.get("tool_calls") or []
+        stop = StopReason(message["stop_reason"]) if message.get("stop_reason") is not None else None
         if not calls:
-            stop = StopReason(message.get("stop_reason", "end_of_turn"))
-            raw.append((RawMessage(role=role, content=message["content"], stop_reason=stop), False))
+            raw.append(RawMessage(role=role, content=message["content"], stop_reason=stop))
             continue
         function = calls[0]["function"]
         name, arguments = function["name"], function["arguments"]
         builtin = name in opts.builtin_tools and name in BUILTIN_TOOLS
-        tool_name = BuiltinTool(name) if builtin else name
-        tagged = builtin or opts.tool_prompt_format == "json"
-        default_stop = "end_of_message" if tagged else "end_of_turn"
-        stop = StopReason(message.get("stop_reason", default_stop))
-        call = ToolCall(call_id="0", tool_name=tool_name, arguments=arguments)
-        raw.append((RawMessage(role="assistant", content="", stop_reason=stop, tool_calls=[call]), tagged))
+        call = ToolCall(call_id="0", tool_name=BuiltinTool(name) if builtin else name, arguments=arguments)
+        raw.append(RawMessage(role="assistant", content="", stop_reason=stop, tool_calls=[call]))
     tokens = [meta_tokenizer().special_tokens["<|begin_of_text|>"]]
-    for message, tagged in raw:
-        ids, _ = chat.encode_message(message, fmt)
-        header = len(chat._encode_header(message.role))
-        if tagged and ids[header] != PYTHON_TAG_ID:
-            ids = [*ids[:header], PYTHON_TAG_ID, *ids[header:]]
-        tokens += ids
+    for message in raw:
+        tokens += chat.encode_message(message, fmt)[0]
     if add_generation_prompt:
         tokens += chat._encode_header("assistant")
     return tokens
@@ -216,6 +207,8 @@ def dialogs(draw, text=ANY_TEXT):
                 arguments = draw(_ARGS)
             call = {"type": "function", "function": {"name": name, "arguments": arguments}}
             messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            if draw(st.booleans()):
+                messages[-1]["stop_reason"] = draw(st.sampled_from(["end_of_turn", "end_of_message"]))
             messages.append({"role": draw(st.sampled_from(["ipython", "tool"])), "content": draw(text)})
         if r < rounds - 1 or draw(st.booleans()):
             answer = {"role": "assistant", "content": draw(text)}

@@ -7,11 +7,12 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llama_models.datatypes import BuiltinTool, RawMessage, StopReason, ToolCall, ToolPromptFormat
+from llama_models.datatypes import StopReason
 from transformers import GenerationConfig
 
 import hf_llama3
 from hf_llama3.chat_format import (
+    BUILTIN_TOOLS,
     CHAT_EOS_TOKEN_IDS,
     IGNORE_INDEX,
     DialogError,
@@ -30,6 +31,7 @@ from .llama3_reference import (
     _ARG_TEXT,
     _ARGS,
     _CODE,
+    PYTHON_TAG_ID,
     dialogs,
     hf_tokenizer,
     meta_chat_format,
@@ -40,6 +42,9 @@ from .llama3_reference import (
 )
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+STYLES = ("prompt_format", "chat_format")
+# Options under which the template, chat_format and Meta's ChatFormat give the same ids.
+META = {"python_tag_style": "chat_format"}
 
 WEATHER = {
     "type": "function",
@@ -126,9 +131,34 @@ DIALOGS = {
 }
 
 
+def _tagged(message, options, style):
+    """Whether an assistant message opens with <|python_tag|>: prompt_format.md tags built-in, code and JSON
+    calls; Meta's ChatFormat.encode_message tags code-interpreter calls only."""
+    calls = message.get("tool_calls") or []
+    if not calls:
+        return False
+    name = calls[0]["function"]["name"]
+    if name == "code_interpreter":
+        return True
+    builtin = name in BUILTIN_TOOLS and name in options.get("builtin_tools", ())
+    return style == "prompt_format" and (builtin or options.get("tool_prompt_format", "json") == "json")
+
+
+def _stop(message, options, style):
+    """An assistant turn's stop reason: its own, else end_of_message after a prompt_format-tagged call, else
+    end_of_turn (Meta's RawMessage without a stop_reason ends with eot)."""
+    waits = style == "prompt_format" and _tagged(message, options, style)
+    return message.get("stop_reason") or ("end_of_message" if waits else "end_of_turn")
+
+
+def _end(message, options, style):
+    return {"end_of_message": "<|eom_id|>", "end_of_turn": "<|eot_id|>"}[_stop(message, options, style)]
+
+
 @pytest.mark.parametrize("name", sorted(DIALOGS))
 def test_encode_dialog_matches_meta_chat_format(name):
     messages, options = DIALOGS[name]
+    options = {**options, **META}
     tok = hf_tokenizer()
     prompts = [False, True] if messages[-1]["role"] != "assistant" else [False]
     for add_generation_prompt in prompts:
@@ -138,32 +168,57 @@ def test_encode_dialog_matches_meta_chat_format(name):
         assert tok.decode(ours.input_ids) == rendered
 
 
-def test_meta_chat_format_adds_python_tag_only_for_code():
-    """The one difference from Meta's ChatFormat, pinned: it writes <|python_tag|> only before code-interpreter
-    calls, while its prompt_format.md (which we follow) opens built-in and JSON calls with it too."""
-    messages, options = DIALOGS["builtin-search-round-trip"]
-    ours = encode_dialog(hf_tokenizer(), messages, **options).input_ids
-    call = messages[2]["tool_calls"][0]["function"]
-    raw = RawMessage(
-        role="assistant",
-        content="",
-        stop_reason=StopReason.end_of_message,
-        tool_calls=[ToolCall(call_id="0", tool_name=BuiltinTool.brave_search, arguments=call["arguments"])],
-    )
-    meta_turn, _ = meta_chat_format().encode_message(raw, ToolPromptFormat.json)
-    assert 128010 not in meta_turn
-    tag = ours.index(128010)
-    assert ours[tag - 4 : tag] + ours[tag + 1 : tag - 3 + len(meta_turn)] == meta_turn
+@pytest.mark.parametrize("name", sorted(DIALOGS))
+def test_prompt_format_style_is_meta_chat_format_plus_tags(name):
+    """The default style (prompt_format.md) adds <|python_tag|> before built-in and JSON calls to Meta's
+    ChatFormat tokens; with the end tokens spelled out, that is the only difference."""
+    messages, options = DIALOGS[name]
+    stops = [_stop(m, options, "prompt_format") if m["role"] == "assistant" else None for m in messages]
+    messages = [{**m, "stop_reason": stop} if stop else m for m, stop in zip(messages, stops)]
+    tok = hf_tokenizer()
+    ours = encode_dialog(tok, messages, **options).input_ids
+    meta = meta_encode_dialog(messages, **options)
+    assert encode_dialog(tok, messages, **options, **META).input_ids == meta
+    assert [t for t in ours if t != PYTHON_TAG_ID] == [t for t in meta if t != PYTHON_TAG_ID]
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    assert ours.count(PYTHON_TAG_ID) == sum(_tagged(m, options, "prompt_format") for m in assistants)
+    assert meta.count(PYTHON_TAG_ID) == sum(_tagged(m, options, "chat_format") for m in assistants)
+    assistant_header = [128006, tok.convert_tokens_to_ids("assistant"), 128007, 271]
+    assert all(ours[i - 4 : i] == assistant_header for i, t in enumerate(ours) if t == PYTHON_TAG_ID)
+
+
+def test_chat_format_style_on_prompt_format_md_example():
+    """prompt_format.md example 4 (a wolfram_alpha call): the default renders it verbatim; the chat_format
+    style drops the tag and, without a stop_reason, ends the call with eot as Meta's RawMessage does."""
+    messages, options = prompt_format_dialogs()[4]
+    md = prompt_format_examples()[4][0]
+    assert render_dialog(messages, add_generation_prompt=True, **options) == md
+    tag_call = '<|python_tag|>wolfram_alpha.call(query="100th decimal of pi")<|eom_id|>'
+    assert md.count(tag_call) == 1
+    chat = render_dialog(messages, add_generation_prompt=True, **options, **META)
+    assert chat == md.replace(tag_call, 'wolfram_alpha.call(query="100th decimal of pi")<|eot_id|>')
+    eom = [{**m, "stop_reason": "end_of_message"} if m["role"] == "assistant" else m for m in messages]
+    chat_eom = render_dialog(eom, add_generation_prompt=True, **options, **META)
+    assert chat_eom == md.replace("<|python_tag|>", "")
+    ids = encode_dialog(hf_tokenizer(), eom, add_generation_prompt=True, **options, **META).input_ids
+    assert ids == meta_encode_dialog(eom, add_generation_prompt=True, **options)
 
 
 @PROPERTY
 @given(dialogs())
 def test_random_dialogs_match_meta_and_masks_cover_exactly(dialog):
     messages, options = dialog
+    for style in STYLES:
+        _check_masks(messages, {**options, "python_tag_style": style})
+
+
+def _check_masks(messages, options):
     tok = hf_tokenizer()
+    style = options["python_tag_style"]
     encoded = encode_dialog(tok, messages, **options)
     ids, labels, formatting = encoded.input_ids, encoded.labels, encoded.formatting_mask
-    assert ids == meta_encode_dialog(messages, **options)
+    if style == "chat_format":
+        assert ids == meta_encode_dialog(messages, **options)
     assert len(ids) == len(labels) == len(formatting)
 
     # Labels: exactly the assistant bodies (python_tag included) and their eot/eom, one span per turn.
@@ -180,14 +235,9 @@ def test_random_dialogs_match_meta_and_masks_cover_exactly(dialog):
     for message in messages:
         if message["role"] != "assistant":
             continue
-        if message.get("tool_calls"):
-            body, tagged = tool_call_text(message["tool_calls"][0], opts)
-        else:
-            body, tagged = message["content"], False
-        end = {"end_of_message": "<|eom_id|>", "end_of_turn": "<|eot_id|>"}[
-            message.get("stop_reason", "end_of_message" if tagged else "end_of_turn")
-        ]
-        expected_bodies.append(("<|python_tag|>" if tagged else "") + body + end)
+        body = tool_call_text(message["tool_calls"][0], opts)[0] if message.get("tool_calls") else message["content"]
+        tag = "<|python_tag|>" if _tagged(message, options, style) else ""
+        expected_bodies.append(tag + body + _end(message, options, style))
     # Consecutive assistant turns are separated by a header, so spans never merge.
     assert [tok.decode(ids[a:b]) for a, b in spans] == expected_bodies
     for a, _ in spans:
@@ -209,6 +259,11 @@ def test_random_dialogs_match_meta_and_masks_cover_exactly(dialog):
 @given(dialogs())
 def test_assistant_turns_decode_back_to_their_messages(dialog):
     messages, options = dialog
+    for style in STYLES:
+        _check_decode(messages, {**options, "python_tag_style": style})
+
+
+def _check_decode(messages, options):
     tok = hf_tokenizer()
     encoded = encode_dialog(tok, messages, **options)
     spans, start = [], None
@@ -315,13 +370,15 @@ def test_render_dialog_reproduces_prompt_format_md_json_tools():
         st.builds(lambda a: {"type": "function", "function": {"name": "get_weather", "arguments": a}}, _ARGS),
     ),
     st.sampled_from(["json", "function_tag"]),
+    st.sampled_from(STYLES),
+    st.sampled_from(["<|eom_id|>", "<|eot_id|>"]),
 )
-def test_rendered_tool_calls_parse_back_like_meta(call, fmt):
-    options = DialogOptions(
-        tools=[WEATHER], builtin_tools=["brave_search", "wolfram_alpha", "code_interpreter"], tool_prompt_format=fmt
-    )
+def test_rendered_tool_calls_parse_back_like_meta(call, fmt, style, end):
+    builtin = ["brave_search", "wolfram_alpha", "code_interpreter"]
+    options = DialogOptions(tools=[WEATHER], builtin_tools=builtin, tool_prompt_format=fmt, python_tag_style=style)
     body, tagged = tool_call_text(call, options)
-    text = ("<|python_tag|>" if tagged else "") + body + ("<|eom_id|>" if tagged else "<|eot_id|>")
+    assert tagged == _tagged({"tool_calls": [call]}, {"builtin_tools": builtin, "tool_prompt_format": fmt}, style)
+    text = ("<|python_tag|>" if tagged else "") + body + end
     ours = parse_assistant_message(text)
     assert ours["tool_calls"] == [call]
     assert ours == _meta_decode(text)
@@ -390,6 +447,7 @@ BAD_DIALOGS = [
     ([{"role": "user", "content": "x"}], {"builtin_tools": ["calculator"]}, "unknown built-in tool"),
     ([{"role": "user", "content": "x"}], {"tool_prompt_format": "xml"}, "tool_prompt_format"),
     ([{"role": "user", "content": "x"}], {"tools": [{"name": "flat"}]}, r"tools\[0\] must look like"),
+    ([{"role": "user", "content": "x"}], {"python_tag_style": "meta"}, "python_tag_style='meta'; use 'prompt_format'"),
 ]
 
 
@@ -429,14 +487,15 @@ def test_public_names_exported():
 def test_generation_prompt_encoding_is_a_prefix_of_the_answered_dialog(dialog):
     """DPO and rejection sampling split prompt and completion by this prefix property."""
     messages, options = dialog
-    options = {**options, "add_generation_prompt": False}
     if messages[-1]["role"] != "assistant":
         messages = [*messages, {"role": "assistant", "content": "An answer."}]
     tok = hf_tokenizer()
-    prompt = encode_dialog(tok, messages[:-1], **{**options, "add_generation_prompt": True})
-    full = encode_dialog(tok, messages, **options)
-    cut = len(prompt.input_ids)
-    assert full.input_ids[:cut] == prompt.input_ids
-    assert full.formatting_mask[:cut] == prompt.formatting_mask
-    assert full.labels[cut - 1] == IGNORE_INDEX  # the header's "\n\n" is not trained
-    assert full.labels[cut] != IGNORE_INDEX
+    for style in STYLES:
+        options = {**options, "add_generation_prompt": False, "python_tag_style": style}
+        prompt = encode_dialog(tok, messages[:-1], **{**options, "add_generation_prompt": True})
+        full = encode_dialog(tok, messages, **options)
+        cut = len(prompt.input_ids)
+        assert full.input_ids[:cut] == prompt.input_ids
+        assert full.formatting_mask[:cut] == prompt.formatting_mask
+        assert full.labels[cut - 1] == IGNORE_INDEX  # the header's "\n\n" is not trained
+        assert full.labels[cut] != IGNORE_INDEX

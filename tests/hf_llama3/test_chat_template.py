@@ -31,13 +31,18 @@ def _apply(messages, options, **kwargs):
 
 
 def _check_template_agrees(messages, options):
+    """Template == chat_format in both python_tag styles, and == Meta's ChatFormat in the "chat_format" one."""
     tok = hf_tokenizer()
-    text = _apply(messages, options, tokenize=False)
-    assert text == render_dialog(messages, **options)
-    out = _apply(messages, options, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    ours = encode_dialog(tok, messages, **options)
-    assert out["input_ids"] == ours.input_ids == meta_encode_dialog(messages, **options)
-    assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in ours.labels]
+    for style in ("prompt_format", "chat_format"):
+        styled = {**options, "python_tag_style": style}
+        text = _apply(messages, styled, tokenize=False)
+        assert text == render_dialog(messages, **styled)
+        out = _apply(messages, styled, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ours = encode_dialog(tok, messages, **styled)
+        assert out["input_ids"] == ours.input_ids
+        if style == "chat_format":
+            assert ours.input_ids == meta_encode_dialog(messages, **styled)
+        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in ours.labels]
 
 
 @pytest.mark.parametrize("name", sorted(DIALOGS))
