@@ -4,6 +4,8 @@ Install torch first (`pip install torch==2.13.0` for the CPU build); the require
 range that an installed torch satisfies, so pip does not pull CUDA wheels.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -72,7 +74,7 @@ setup(
     name="hf-llama3",
     version="0.1.0",
     description="Reproduce the Llama 3 Herd of Models recipe with transformers, accelerate, TRL and PEFT.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hf_llama3*", "training*", "data*", "evaluation*"]),

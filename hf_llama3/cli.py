@@ -20,20 +20,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
     "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
     "curate": ("data.cli:main", "curate WARC/HTML/JSONL/parquet into tokenized, mixed training shards [3.1]"),
-    "train-quality": ("data.train_quality:main", "train the fastText / LLM-judged encoder quality classifiers [3.1.1]"),
+    "train-quality": (
+        "data.train_quality:main",
+        "train the fastText / LLM-judged encoder quality classifiers [3.1.1]",
+    ),
     # Post-training [paper 4] (training/reward.py, rejection_sampling.py, sft.py, dpo.py, averaging.py, rounds.py).
     "average": ("training.averaging:main", "average checkpoints (uniform or weighted), sharded safetensors [4.1.5]"),
     "reward": ("training.reward:main", "train a reward model on ranked 2-3 responses per prompt [4.1.2]"),
-    "rejection-sample": ("training.rejection_sampling:main", "K samples per prompt scored by the reward model [4.2.2]"),
+    "rejection-sample": (
+        "training.rejection_sampling:main",
+        "K samples per prompt scored by the reward model [4.2.2]",
+    ),
     "sft": ("training.sft:main", "supervised fine-tuning, assistant-only loss, packed dialogs [4.1.3]"),
     "dpo": ("training.dpo:main", "DPO with formatting tokens masked and a 0.2 NLL term [4.1.4]"),
-    "rounds": ("training.rounds:main", "iterative post-training rounds: RM, rejection sampling, SFT, DPO, average [4.1.6]"),
+    "rounds": (
+        "training.rounds:main",
+        "iterative post-training rounds: RM, rejection sampling, SFT, DPO, average [4.1.6]",
+    ),
     # 4D-parallel pre-training engine and Nanotron bridge [3.3.2] (training/parallel/, training/nanotron/).
-    "pretrain": ("training.pretrain.cli:main", "three-stage pre-training recipe: ramps, long context, annealing [3.4]"),
+    "pretrain": (
+        "training.pretrain.cli:main",
+        "three-stage pre-training recipe: ramps, long context, annealing [3.4]",
+    ),
     "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
     "tokenizer": ("hf_llama3.tokenizer_train:main", "`tokenizer train`: BPE in Llama 3's layout on your corpus [3.2]"),
     # Evaluation [3.2.1, 3.4.2, 5] (evaluation/; the IsoFLOPs sweep trains, so it enters through training/).
-    "eval": ("evaluation.cli:eval_main", "`eval {needle,benchmarks,contamination}`: NIAH gate, lm-eval, n-gram overlap"),
+    "eval": (
+        "evaluation.cli:eval_main",
+        "`eval {needle,benchmarks,contamination}`: NIAH gate, lm-eval, n-gram overlap",
+    ),
     "scaling-law": ("training.isoflops:main", "`scaling-law {sweep,fit,forecast,downstream}`: IsoFLOPs [3.2.1]"),
 }
 
