@@ -29,6 +29,7 @@ from data.mix import category_of
 from data.pipeline import DEDUPED, FILTERED, SHARDS, per_document_steps
 from data.quality import QualityFilter
 from data.readers import InputReader, list_input_files
+from hf_llama3.checkpoint_io import atomic_output_file
 
 
 class TopicTagger(PipelineStep):
@@ -149,7 +150,6 @@ def datatrove_report(config: CurateConfig) -> dict:
     """``report.json`` from datatrove's per-stage ``stats.json`` (documents per step and drop reason) and the
     shard manifest (tokens per mix category); written atomically in ``output_dir``."""
     import json
-    import os
 
     root = Path(config.output_dir)
     steps = []
@@ -189,7 +189,6 @@ def datatrove_report(config: CurateConfig) -> dict:
             "files": len(manifest["shards"]),
         },
     }
-    tmp = root / f".report.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False))
-    os.replace(tmp, root / "report.json")
+    with atomic_output_file(root / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False))
     return report

@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -47,6 +46,7 @@ from data.report import build_report, write_report
 from data.shards import MANIFEST, write_shards
 from data.topics import TopicClassifier
 from data.url_filter import UrlBlocklistFilter
+from hf_llama3.checkpoint_io import atomic_output_file
 
 logger = logging.getLogger(__name__)
 FILTERED, DEDUPED, SHARDS = "filtered", "deduped", "shards"
@@ -100,9 +100,12 @@ class StepStats:
 
 
 def _write_jsonl_gz(path: Path, docs: Iterable[Document]) -> int:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
+    with (
+        atomic_output_file(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f,
+    ):
         for doc in docs:
             f.write(
                 (
@@ -113,7 +116,6 @@ def _write_jsonl_gz(path: Path, docs: Iterable[Document]) -> int:
                 ).encode()
             )
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -125,9 +127,8 @@ def read_jsonl_gz(path: Path) -> Iterator[Document]:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False))
-    os.replace(tmp, path)
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 def run_file_task(config: CurateConfig, index: int, path: str, out_dir: str) -> str:

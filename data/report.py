@@ -15,6 +15,7 @@ from pathlib import Path
 from datatrove.data import Document
 
 from data.mix import MixConfig, category_of
+from hf_llama3.checkpoint_io import atomic_output_file
 
 
 def _merge_steps(parts: Iterable[dict]) -> list[dict]:
@@ -100,9 +101,8 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
 
     out = Path(out_dir)
     json_path, png_path = out / "report.json", out / "report.png"
-    tmp = out / f".report.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(tmp, json_path)
+    with atomic_output_file(json_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
 
     fig = Figure(figsize=(12, 5))
     funnel, mix_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
@@ -125,7 +125,6 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     mix_ax.set_title("Token mix")
     mix_ax.legend()
     fig.tight_layout()
-    tmp_png = out / f".report.png.{os.getpid()}.tmp"
-    fig.savefig(tmp_png, format="png", dpi=100, metadata={"Software": None})
-    os.replace(tmp_png, png_path)
+    with atomic_output_file(png_path) as tmp_png:
+        fig.savefig(tmp_png, format="png", dpi=100, metadata={"Software": None})
     return json_path, png_path

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from data.mix import MixConfig, plan_mix
+from hf_llama3.checkpoint_io import atomic_output_file
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -73,10 +74,8 @@ def eos_id(tokenizer) -> int:
 
 
 def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_output_file(path) as tmp, open(tmp, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:

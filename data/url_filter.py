@@ -26,6 +26,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils._import_utils import ASSETS_PATH
 
+from hf_llama3.checkpoint_io import atomic_output_file
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_TAR = os.path.join(ASSETS_PATH, "url_filterblacklistsv0_3_0.tar.gz")
@@ -94,9 +96,9 @@ def bundled_hashes(cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
                 arrays[member.name] = np.sort(np.fromiter((_hash(line) for line in lines), dtype=np.uint64))
     cache.mkdir(parents=True, exist_ok=True)
     for name, path in paths.items():
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, arrays[name])
-        os.replace(tmp, path)
+        # A file object, so np.save does not append ".npy" to the temporary name.
+        with atomic_output_file(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arrays[name])
     return arrays["domains"], arrays["urls"]
 
 

@@ -15,13 +15,13 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from evaluation.io import atomic_path
 from evaluation.needle import NeedleResult
 from evaluation.scaling_laws import DownstreamForecast, IsoFLOPsFit
+from hf_llama3.checkpoint_io import atomic_output_file
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_output_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return Path(path)
 

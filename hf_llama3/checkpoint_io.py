@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,25 @@ def atomic_output_dir(dst: str | os.PathLike, overwrite: bool = False) -> Iterat
     os.replace(tmp, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``path`` only if the block succeeds.
+
+    The single-file counterpart of :func:`atomic_output_dir`: a crash or an exception leaves no half-written file
+    at ``path`` (and no temporary file beside it, except after a hard kill).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def check_safetensors_file(path: Path) -> None:

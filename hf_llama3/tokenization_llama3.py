@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 from tokenizers import Tokenizer, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
+
+from .checkpoint_io import atomic_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +136,8 @@ def convert_tiktoken_model(model_path: str | os.PathLike) -> Tokenizer:
 
 
 def _write_atomically(tokenizer: Tokenizer, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".json.tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        tokenizer.save(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output_file(target) as tmp:
+        tokenizer.save(str(tmp))
 
 
 def _cached_file(model_path: Path, cache_dir: str | os.PathLike | None) -> Path:

@@ -34,10 +34,10 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from evaluation.cli import scaling_law_main, write_scaling_law_report
 from evaluation.contamination import read_jsonl_field
-from evaluation.io import atomic_path
 from evaluation.needle import default_corpus
 from evaluation.scaling_laws import FLOPS_PER_PARAM_TOKEN, SweepPoint
 from hf_llama3 import Llama3Config, Llama3ForCausalLM, load_tokenizer
+from hf_llama3.checkpoint_io import atomic_output_file
 from training.post_cli import load_stage_config, stage_parser
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def run_sweep(config: IsoFLOPsConfig) -> Path:
             record = train_one(config, size, budget, peak_lr(n, all_params, config.peak_lr_range), data)
             logger.info("C=%.3g N=%d tokens=%d loss=%.4f", budget, n, record["tokens"], record["loss"])
             done.append(record)
-            with atomic_path(results_path) as tmp:  # rewritten whole after every run: resumable, never torn
+            with atomic_output_file(results_path) as tmp:  # rewritten whole after every run: resumable, never torn
                 tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in done), encoding="utf-8")
     points = [SweepPoint(r["compute"], r["params"], r["tokens"], r["loss"]) for r in done]
     write_scaling_law_report(points, output, extrapolate_to=config.extrapolate_to)

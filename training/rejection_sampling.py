@@ -371,7 +371,7 @@ def _select(tokenizer, dialogs, samples, scores, stops: set[int]) -> list[dict[s
 
 
 def _write_outputs(output_dir: Path, records: list[dict[str, Any]]) -> Path:
-    from evaluation.io import atomic_path
+    from hf_llama3.checkpoint_io import atomic_output_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
     selected = [r for r in records if "best" in r]
@@ -394,7 +394,7 @@ def _write_outputs(output_dir: Path, records: list[dict[str, Any]]) -> Path:
         ],
     }
     for name, rows in files.items():
-        with atomic_path(output_dir / name) as tmp:
+        with atomic_output_file(output_dir / name) as tmp:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     logger.info("Rejection sampling: %d prompts, %d selected -> %s", len(records), len(selected), output_dir)
     return output_dir

@@ -320,7 +320,8 @@ class RoundsRunner:
 
     def write_summary(self) -> list[dict[str, Any]]:
         """``summary.json``, ``summary.md`` (a table) and ``rounds.png`` over every finished round."""
-        from evaluation.io import atomic_path, write_json
+        from evaluation.io import write_json
+        from hf_llama3.checkpoint_io import atomic_output_file
 
         rows = []
         for r in range(self.config.num_rounds):
@@ -337,7 +338,7 @@ class RoundsRunner:
             f"{m['win_rate_vs_previous']:.2f} | {m['preference_pairs']} | {m['sft_rows']} |"
             for m in rows
         ]
-        with atomic_path(self.root / "summary.md") as tmp:
+        with atomic_output_file(self.root / "summary.md") as tmp:
             tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         plot_rounds(rows, self.root / "rounds.png")
         return rows
@@ -347,7 +348,7 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> None:
     """Mean reward (left axis) and win rate against the previous policy (right axis) per round."""
     from matplotlib.figure import Figure
 
-    from evaluation.io import atomic_path
+    from hf_llama3.checkpoint_io import atomic_output_file
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -360,7 +361,7 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> None:
     twin.set_ylabel("win rate vs previous policy", color="tab:orange")
     twin.set_ylim(0, 1)
     ax.set_title("Post-training rounds [paper 4.1.6]")
-    with atomic_path(path) as tmp:
+    with atomic_output_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import yaml
 
 from hf_llama3 import Llama3Config
+from hf_llama3.checkpoint_io import atomic_output_file
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import OptimizerConfig
 from training.post_cli import load_stage_config, parse_overrides, stage_parser
@@ -201,9 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document, warnings = nanotron_config(recipe, args.schema, args.checkpoints_path, args.tokenizer)
     for message in warnings:
         logger.warning(message)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.output.parent, suffix=".tmp", delete=False) as f:
+    with atomic_output_file(args.output) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(document, f, sort_keys=False)
-    os.replace(f.name, args.output)
     print(f"wrote {args.output}")
     return 0
