@@ -18,6 +18,7 @@ from huggingface_hub.errors import StrictDataclassError
 # name -> ("module:function", one-line help). Later stages add their line here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_llama3.convert:main", "convert checkpoints between ours, stock HF Llama and Meta's layout"),
+    "quantize": ("hf_llama3.quantize:main", "`quantize --fp8`: FP8 row-wise FFN weights, fbgemm_fp8 format [6.2]"),
     "demo": ("training.demo:main", "run the whole recipe on a tiny model (what `make demo` runs)"),
     "curate": ("data.cli:main", "curate WARC/HTML/JSONL/parquet into tokenized, mixed training shards [3.1]"),
     "train-quality": (

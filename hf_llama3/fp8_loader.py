@@ -85,7 +85,9 @@ def load_fp8_model(
     check_state_dict_shapes(state_dict, expected, str(folder))
     for name in fp8_modules:
         if state_dict[f"{name}.weight"].dtype != torch.float8_e4m3fn:
-            raise CheckpointError(f"{folder}: {name}.weight has a weight_scale but dtype {state_dict[name + '.weight'].dtype}.")
+            raise CheckpointError(
+                f"{folder}: {name}.weight has a weight_scale but dtype {state_dict[name + '.weight'].dtype}."
+            )
     model.load_state_dict(state_dict, strict=not config.tie_word_embeddings)
     if config.tie_word_embeddings:
         model.tie_weights()

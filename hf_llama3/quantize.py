@@ -38,7 +38,7 @@ from .checkpoint_io import (
     read_config_dict,
     weight_files,
 )
-from .fp8 import ACTIVATION_SCALE_UB, FP8_DTYPE, fbgemm_quantization_config, fp8_module_names, quantize_rowwise
+from .fp8 import ACTIVATION_SCALE_UB, fbgemm_quantization_config, fp8_module_names, quantize_rowwise
 from .memory import format_plan, memory_plan
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _check_source_tensors(src: Path, files: list[Path], config) -> None:
     for path in files:
         check_safetensors_file(path)
         with safe_open(path, framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 dtype = f.get_slice(name).get_dtype()
                 if name.endswith("weight_scale") or dtype.startswith("F8"):
                     raise CheckpointError(
@@ -111,9 +111,7 @@ def _check_source_tensors(src: Path, files: list[Path], config) -> None:
     check_state_dict_shapes(shapes, _expected_shapes(Llama3ForCausalLM, config), str(src))
 
 
-def _write_config(
-    tmp: Path, config_dict: dict, config, activation_scale_ub: float, dtype: torch.dtype | None
-) -> Any:
+def _write_config(tmp: Path, config_dict: dict, config, activation_scale_ub: float, dtype: torch.dtype | None) -> Any:
     """``config.json`` with transformers' ``FbgemmFp8Config``; our format also gets the modeling files."""
     quantization_config = fbgemm_quantization_config(config.num_hidden_layers, activation_scale_ub)
     if config_dict["model_type"] == "llama3":
@@ -144,7 +142,7 @@ def _quantize_shard(path: Path, targets: set[str], dtype: torch.dtype | None) ->
     out: dict[str, torch.Tensor] = {}
     count = 0
     with safe_open(path, framework="pt") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             tensor = f.get_tensor(name)
             module = name.removesuffix(".weight")
             if module in targets and name.endswith(".weight"):
@@ -285,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--activation-scale-ub", type=float, default=ACTIVATION_SCALE_UB, help="[6.2]: 1200")
     parser.add_argument("--keep-dtype", action="store_true", help="keep unquantized tensors' dtype (default: bf16)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--check", metavar="PROMPTS", help="JSONL prompts ({'text'} or {'input_ids'}): run the "
-                        "quality checks (KL, top-1, perplexity, reward scores) against SRC")
+    parser.add_argument(
+        "--check",
+        metavar="PROMPTS",
+        help="JSONL prompts ({'text'} or {'input_ids'}): run the "
+        "quality checks (KL, top-1, perplexity, reward scores) against SRC",
+    )
     parser.add_argument("--reward-model", help="reward-model folder for the score-distribution check")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="response length for the reward check")
     memory = parser.add_argument_group("memory accounting")
