@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from evaluation.fp8_quality import check_folders, compare, ks_statistic, read_prompts
+from evaluation.fp8_quality import check_folders, compare, ks_statistic, next_token_comparison, read_prompts
 from hf_llama3 import Llama3ForSequenceClassification
 from hf_llama3.cli import main as cli_main
+from hf_llama3.fp8_loader import load_fp8_model
 from hf_llama3.quantize import quantize_fp8_checkpoint
 from tests.conftest import tiny_config
 from tests.hf_llama3.fp8_models import peaked_tiny_model, save_bf16
@@ -53,7 +54,7 @@ def test_identical_models_give_zero_kl_and_identical_score_distributions(setup):
 
 
 def test_fp8_export_is_close_to_bf16_and_a_broken_export_is_caught(setup, tmp_path):
-    report = check_folders(setup["src"], setup["fp8"], setup["prompts"], reward_model=setup["rm"], max_new_tokens=4)
+    report = check_folders(setup["src"], setup["fp8"], setup["prompts"], reward_model=setup["rm"], max_new_tokens=2)
     nt = report["next_token"]
     assert nt["positions"] == 4 * 20
     assert 0 < nt["kl_mean"] < MAX_KL and nt["top1_agreement"] >= MIN_TOP1, nt
@@ -70,7 +71,9 @@ def test_fp8_export_is_close_to_bf16_and_a_broken_export_is_caught(setup, tmp_pa
         if name.startswith("model.layers.2.") and name.endswith("weight_scale"):
             tensors[name] = tensors[name] * 2.0
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
-    bad = check_folders(setup["src"], broken, setup["prompts"])["next_token"]
+    reference = setup["model"].float()
+    bad = next_token_comparison(reference, load_fp8_model(broken, dtype=torch.float32), read_prompts(setup["prompts"]))
+    setup["model"].to(torch.bfloat16)
     assert bad["kl_mean"] > 5 * nt["kl_mean"] and bad["kl_mean"] > MAX_KL
 
 
