@@ -10,7 +10,8 @@ from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
     "torch>=2.6",
-    "transformers>=5.0,<6",
+    # 5.24 renamed the KV-cache argument to `cache` (training/rejection_sampling.py passes it by that name).
+    "transformers>=5.24,<6",
     "accelerate>=1.10",
     "datasets>=4.0",
     "safetensors>=0.5",

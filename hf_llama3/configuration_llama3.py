@@ -13,6 +13,7 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 # The 256 special tokens sit at the end of the vocabulary: ids 128000..128255 (paper 3.2; Meta's tokenizer).
 NUM_BASE_TOKENS = 128000
@@ -83,7 +84,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_ROPE_TYPES = ("default", "llama3")
 
 
 @strict
@@ -121,7 +121,8 @@ class Llama3Config(PreTrainedConfig):
     """
 
     model_type = "llama3"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # Output keys Trainer's evaluation drops: the KV cache, named `cache` from transformers 5.24, `past_key_values` before.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     # Tensor-parallel plan (Megatron-style column/row split), read by transformers' `tp_plan="auto"` and by
     # training/parallel, which applies it with DTensor from outside the model.
     base_model_tp_plan = {
@@ -209,13 +210,15 @@ class Llama3Config(PreTrainedConfig):
             raise ValueError(f"loss_chunk_size must be >= 0 (0 disables chunking), got {self.loss_chunk_size}.")
 
     def validate_rope(self):
-        """The two RoPE variants Llama 3 uses: plain (theta only) and Llama 3.1 scaling."""
+        """Llama 3 uses plain RoPE (theta only) and the Llama 3.1 scaling; every other type transformers' rope
+        functions implement (linear, dynamic, yarn, ...) is accepted too and checked by transformers."""
         params = self.rope_parameters
         if not isinstance(params, dict):
             raise ValueError(f"rope_parameters must be a dict, got {type(params).__name__}.")
-        rope_type = params.get("rope_type", "default")
-        if rope_type not in _ROPE_TYPES:
-            raise ValueError(f"rope_type must be one of {_ROPE_TYPES}, got {rope_type!r}.")
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        supported = ("default", *ROPE_INIT_FUNCTIONS)
+        if rope_type not in supported:
+            raise ValueError(f"rope_type must be one of {supported}, got {rope_type!r}.")
         theta = params.get("rope_theta")
         if not isinstance(theta, (int, float)) or theta <= 0:
             raise ValueError(f"rope_parameters['rope_theta'] must be a positive number, got {theta!r}.")

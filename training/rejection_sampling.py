@@ -177,12 +177,12 @@ def _sample_batch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         logits_to_keep=1,
     )
     # Share the prompt's cache with its K samples: rows [i*K, (i+1)*K) belong to prompt i.
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(num_samples)
     logits = out.logits[:, -1].repeat_interleave(num_samples, dim=0)
     attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
@@ -211,10 +211,10 @@ def _sample_batch(
             input_ids=tokens[:, None],
             attention_mask=attention_mask,
             position_ids=next_position[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        cache, logits, next_position = out.past_key_values, out.logits[:, -1], next_position + 1
+        cache, logits, next_position = out.cache, out.logits[:, -1], next_position + 1
     return [outputs[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 

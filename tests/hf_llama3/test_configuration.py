@@ -65,7 +65,8 @@ def test_overrides_and_save_load_round_trip(tmp_path):
         (dict(num_key_value_heads=3), "must be a multiple of num_key_value_heads"),
         (dict(vocab_size=1000), "vocab_size >= 128256"),
         (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0}), "needs rope_parameters"),
-        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 5.0}), "rope_type must be one of"),
+        (dict(rope_parameters={"rope_type": "ntk-by-parts", "rope_theta": 5.0}), "rope_type must be one of"),
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 5.0}), "factor"),
         (dict(rope_parameters={"rope_type": "default", "rope_theta": -1.0}), "must be a positive number"),
         (
             dict(rope_parameters={**Llama3Config().rope_parameters, "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
