@@ -22,8 +22,9 @@ HERE = Path(__file__).resolve().parent
 # Settings other than a script's defaults, and why.
 ARGS: dict[str, list[str]] = {
     # No GPU: the smoke run from mfu.py's own docstring (the real figure needs CUDA and bf16).
-    "mfu": [] if torch.cuda.is_available() else ["--device", "cpu", "--preset", "tiny", "--seq", "256"]
-    + ["--peak-flops", "1e11", "--no-compile"],
+    "mfu": []
+    if torch.cuda.is_available()
+    else ["--device", "cpu", "--preset", "tiny", "--seq", "256", "--peak-flops", "1e11", "--no-compile"],
 }
 
 

@@ -85,7 +85,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-
 @strict
 class Llama3Config(PreTrainedConfig):
     r"""Configuration of a Llama 3 decoder (``model_type="llama3"``).

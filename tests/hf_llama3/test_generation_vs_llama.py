@@ -39,7 +39,9 @@ def left_padded(prompts: list[list[int]]) -> dict[str, torch.Tensor]:
 def generate_both(ours, reference, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=PAD, eos_token_id=None, **kwargs)
     with torch.no_grad():
-        return ours.generate(**left_padded(PROMPTS), **settings), reference.generate(**left_padded(PROMPTS), **settings)
+        return ours.generate(**left_padded(PROMPTS), **settings), reference.generate(
+            **left_padded(PROMPTS), **settings
+        )
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
