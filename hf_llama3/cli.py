@@ -51,6 +51,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "`eval {needle,benchmarks,contamination}`: NIAH gate, lm-eval, n-gram overlap",
     ),
     "scaling-law": ("training.isoflops:main", "`scaling-law {sweep,fit,forecast,downstream}`: IsoFLOPs [3.2.1]"),
+    # Vision adapter [7] (training/vision/): stock `mllama` folders on a frozen Llama 3.
+    "vision": (
+        "training.vision.cli:main",
+        "`vision {init,train,convert,make-data,caption-lm}`: image encoder + cross-attention, frozen text [7]",
+    ),
 }
 
 
