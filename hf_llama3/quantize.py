@@ -229,6 +229,7 @@ def quantize_fp8_checkpoint(
             module_name, _, function = QUALITY_CHECK.partition(":")
             check = getattr(importlib.import_module(module_name), function)
             quality = check(src, tmp, check_prompts, reward_model=reward_model, max_new_tokens=max_new_tokens)
+            quality.setdefault("setup", {})["quantized"] = str(dst)  # checked in the temporary folder before rename
             (tmp / QUALITY_REPORT_NAME).write_text(json.dumps(quality, indent=2, sort_keys=True) + "\n")
             report["quality"] = quality.get("summary", quality)
         report["output"] = str(dst)

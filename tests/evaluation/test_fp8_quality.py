@@ -91,6 +91,7 @@ def test_quantize_cli_writes_the_quality_report_into_the_export(setup, capsys):
     quality = json.loads((out / "fp8_quality.json").read_text())
     assert quality["summary"]["kl_mean"] < MAX_KL and quality["reward"]["max_new_tokens"] == 2
     assert json.loads((out / "quantization_report.json").read_text())["quality"] == quality["summary"]
+    assert quality["setup"]["quantized"] == str(out)
 
 
 def test_bad_prompts_stop_before_anything_is_written(setup, tmp_path, capsys):
