@@ -70,7 +70,12 @@ def load_fp8_model(
         raise CheckpointError(f"{folder} has an fbgemm_fp8 config but no `*.weight_scale` tensors: it is incomplete.")
     with no_init_weights():
         model = Llama3ForCausalLM(config)
+    # Parameters to `dtype`; buffers (the RoPE inverse frequencies) stay fp32, as from_pretrained keeps them.
+    buffers = dict(model.named_buffers())
     model.to(dtype)
+    for name, buffer in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = buffer
     for name in fp8_modules:
         try:
             old = model.get_submodule(name)
