@@ -83,6 +83,11 @@ def _source_config(src: Path) -> tuple[dict, Any]:
 
     values = {k: v for k, v in config_dict.items() if k != "quantization_config"}
     config = Llama3Config.from_dict(values) if model_type == "llama3" else ours_config_from_llama(values)
+    if getattr(config, "mlp_bias", False):
+        raise CheckpointError(
+            f"{src}/config.json has mlp_bias=true: the FP8 export covers bias-free feed-forward layers (Llama 3 has "
+            "no biases); this model is not supported."
+        )
     if config.num_hidden_layers < 3:
         raise CheckpointError(
             f"{src} has {config.num_hidden_layers} layer(s): the paper keeps the first and last layers in bf16 "

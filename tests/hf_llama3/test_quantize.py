@@ -15,12 +15,14 @@ from transformers.integrations.fbgemm_fp8 import FbgemmFp8Linear
 from transformers.quantizers.quantizer_fbgemm_fp8 import FbgemmFp8HfQuantizer
 from transformers.utils.quantization_config import FbgemmFp8Config
 
+from hf_llama3 import Llama3ForSequenceClassification
 from hf_llama3.checkpoint_io import CheckpointError, read_state_dict
 from hf_llama3.cli import main as cli_main
 from hf_llama3.convert import convert_checkpoint
 from hf_llama3.fp8 import dequantize_rowwise, quantize_rowwise
 from hf_llama3.fp8_loader import load_fp8_model
 from hf_llama3.quantize import quantize_fp8_checkpoint
+from tests.conftest import tiny_config
 from tests.hf_llama3 import fbgemm_cpu_ops
 from tests.hf_llama3.fp8_models import peaked_tiny_model, random_prompts, save_bf16
 
@@ -164,6 +166,10 @@ def test_bad_input_already_quantized_unsupported_architecture_too_few_layers(fol
     (mistral / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
     with pytest.raises(CheckpointError, match="model_type 'mistral'"):
         quantize_fp8_checkpoint(mistral, tmp_path / "out")
+    classifier = tmp_path / "rm"
+    Llama3ForSequenceClassification(tiny_config(num_hidden_layers=3, num_labels=1)).save_pretrained(classifier)
+    with pytest.raises(CheckpointError, match="is not a causal LM"):
+        quantize_fp8_checkpoint(classifier, tmp_path / "out")
     two_layers = save_bf16(peaked_tiny_model(num_layers=2), tmp_path / "two")
     with pytest.raises(CheckpointError, match="no layer to quantize"):
         quantize_fp8_checkpoint(two_layers, tmp_path / "out")
