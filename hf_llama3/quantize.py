@@ -202,6 +202,8 @@ def quantize_fp8_checkpoint(
         "activation_scale_ub": float(activation_scale_ub),
         "fp8_layers": sorted({int(name.split(".")[2]) for name in targets}),
         "bf16_layers": [0, config.num_hidden_layers - 1],
+        # Weights + KV cache of this model for one 128K-token sequence on 8 x 80 GB, bf16 vs FP8 (hf_llama3.memory).
+        "memory": memory_plan(config),
     }
     bytes_before = sum(p.stat().st_size for p in files)
     logger.info("Quantizing %d FFN projections of %s to FP8 into %s", len(targets), src, dst)

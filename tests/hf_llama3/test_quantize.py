@@ -190,6 +190,9 @@ def test_cli_quantize_with_memory_report_and_one_line_errors(folders, tmp_path, 
     assert "9 FFN projections in layers 1-3" in out and "bf16: weights" in out and "fp8: weights" in out
     report = json.loads((tmp_path / "q" / "quantization_report.json").read_text())
     assert report["fp8_layers"] == [1, 2, 3] and report["bytes_after"] < report["bytes_before"]
+    memory = report["memory"]  # 5 layers x 2 KV heads x head_dim 16 x 2 (K, V) x 2 bytes per token
+    assert memory["kv_cache_bytes_per_token"] == 5 * 2 * 16 * 2 * 2 and memory["context"] == 131072
+    assert memory["fp8"]["weight_bytes"] < memory["bf16"]["weight_bytes"]
     assert cli_main(["quantize", "--memory", "--preset", "llama3-405b"]) == 0
     out = capsys.readouterr().out
     assert "405.85B" in out and "bf16: weights 811.7 GB" in out and "fp8: weights 487.2 GB" in out
