@@ -190,6 +190,8 @@ def quantize_fp8_checkpoint(
         raise ValueError(f"activation_scale_ub must be positive, got {activation_scale_ub}.")
     if reward_model is not None and check_prompts is None:
         raise ValueError("--reward-model needs --check PROMPTS: the scores are of responses to those prompts.")
+    if check_prompts is not None and not Path(check_prompts).is_file():
+        raise FileNotFoundError(f"Prompts file {check_prompts} (--check) does not exist.")
     src = Path(src)
     config_dict, config = _source_config(src)
     files = weight_files(src)
