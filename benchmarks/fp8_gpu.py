@@ -87,7 +87,8 @@ def measure(name: str, load, prompts: torch.Tensor, args: argparse.Namespace, re
     result: dict = {"name": name, "weight_gb": (_allocated(args) - base) / 1e9}
     with torch.no_grad():
         result["logits"] = model(prompts).logits[:, -args.compare_positions :].float().cpu()
-        greedy = model.generate(prompts, max_new_tokens=args.compare_tokens, do_sample=False)
+        n = args.compare_tokens  # fixed length (no early EOS) so the token-by-token comparison lines up
+        greedy = model.generate(prompts, max_new_tokens=n, min_new_tokens=n, do_sample=False)
     result["greedy"] = greedy[:, prompts.shape[1] :].cpu()
     batch = prompts[:1].repeat(args.batch, 1)
     best = float("inf")
