@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.rounds:main",
         "iterative post-training rounds: RM, rejection sampling, SFT, DPO, average [4.1.6]",
     ),
+    # Safety [5.4] (training/safety/): Llama Guard 3-style classifier, filter, VR/FRR.
+    "guard": (
+        "training.safety.cli:main",
+        "`guard {train,classify,eval,chat-eval}`: Llama Guard 3-style safety classifier, VR/FRR [5.4]",
+    ),
     # 4D-parallel pre-training engine and Nanotron bridge [3.3.2] (training/parallel/, training/nanotron/).
     "pretrain": (
         "training.pretrain.cli:main",

@@ -31,6 +31,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
 from training.post_cli import StageInputs
+from training.safety.mix import SafetyMixInputs, mix_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,13 @@ FORMATTING_COLUMNS = ["chosen_formatting_mask", "rejected_formatting_mask"]
 
 
 @dataclasses.dataclass
-class Llama3DPOConfig(DPOConfig, StageInputs):
+class Llama3DPOConfig(DPOConfig, StageInputs, SafetyMixInputs):
     """TRL's ``DPOConfig`` with the paper's DPO settings [4.1.4] and the shared stage inputs.
 
     Args:
         mask_formatting_tokens: Drop header and termination tokens from the chosen/rejected log-probs [4.1.4].
+        safety_dataset_path, safety_adversarial_ratio, safety_borderline_ratio: Safety preference rows mixed in at
+            set shares [5.4.3] (``training.safety.mix``).
     """
 
     # [4.1.4] "we use a learning rate of 1e-5 and set the beta hyper-parameter to be 0.1".
@@ -57,6 +60,7 @@ class Llama3DPOConfig(DPOConfig, StageInputs):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_inputs()
+        self.validate_safety_mix()
 
 
 @dataclasses.dataclass
@@ -202,7 +206,7 @@ def main(argv: list[str]) -> int:
     trainer = Llama3DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(config.model_name_or_path),
         args=config,
-        train_dataset=load_rows(config.dataset_path),
+        train_dataset=mix_from_config(load_rows(config.dataset_path), config, seed=config.seed),
         eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
         processing_class=tokenizer,
         peft_config=lora_config(config, "CAUSAL_LM"),

@@ -62,6 +62,9 @@ class RejectionSamplingConfig:
             gets ``system_prompts[i % len(system_prompts)]``.
         score_pack_size: Samples packed with their prompt in one reward-model row when scoring.
         seed: Seed of the per-prompt random generators.
+        safety_guard_path: Optional guard folder (``hf-llama3 guard train``, or Meta's Llama Guard 3): samples its
+            output check flags are dropped before the best/worst choice; counts go to ``safety_report.json`` [5.4.7].
+        safety_threshold: P(unsafe) threshold of that filter (default: the guard's).
     """
 
     policy_path: str = ""
@@ -77,6 +80,8 @@ class RejectionSamplingConfig:
     system_prompts: list[str] = dataclasses.field(default_factory=list)
     score_pack_size: int = 8
     seed: int = 0
+    safety_guard_path: str | None = None
+    safety_threshold: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("policy_path", "reward_model_path", "prompts_path", "output_dir"):
@@ -308,10 +313,13 @@ def prompt_messages(row: dict[str, Any], index: int) -> list[dict[str, Any]]:
     return prompt
 
 
-def rejection_sample(config: RejectionSamplingConfig, policy=None, reward_model=None, tokenizer=None) -> Path:
+def rejection_sample(
+    config: RejectionSamplingConfig, policy=None, reward_model=None, tokenizer=None, safety_filter=None
+) -> Path:
     """Run one rejection-sampling pass and write ``samples``/``sft``/``preferences`` jsonl files; return the folder.
 
-    Already-loaded models and tokenizer may be passed (the rounds driver does); otherwise they are loaded.
+    Already-loaded models and tokenizer may be passed (the rounds driver does); otherwise they are loaded. With a
+    ``safety_filter`` (``training.safety.SafetyFilter``, or ``config.safety_guard_path``) unsafe samples are dropped.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -348,18 +356,29 @@ def rejection_sample(config: RejectionSamplingConfig, policy=None, reward_model=
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     closed = [[s if s and s[-1] in stops else [*s, eot] for s in prompt_samples] for prompt_samples in samples]
     scores = score_samples(reward_model, prompt_ids, closed, config.score_pack_size)
-    records = _select(tokenizer, dialogs, samples, scores, set(stops))
-    return _write_outputs(Path(config.output_dir), records)
+    if safety_filter is None and config.safety_guard_path:
+        from training.safety.filter import SafetyFilter
+
+        safety_filter = SafetyFilter.from_pretrained(config.safety_guard_path, threshold=config.safety_threshold)
+    records = _select(tokenizer, dialogs, samples, scores, set(stops), safety_filter)
+    output_dir = _write_outputs(Path(config.output_dir), records)
+    if safety_filter is not None:  # [5.4.7] the stage report of the output filter
+        _write_safety_report(output_dir, records, safety_filter)
+    return output_dir
 
 
-def _select(tokenizer, dialogs, samples, scores, stops: set[int]) -> list[dict[str, Any]]:
-    """Best and worst non-empty sample of each prompt by reward-model score."""
+def _select(tokenizer, dialogs, samples, scores, stops: set[int], safety_filter=None) -> list[dict[str, Any]]:
+    """Best and worst non-empty sample of each prompt by reward-model score (unsafe ones left out with a filter)."""
+    all_texts = [[tokenizer.decode(s[:-1] if s and s[-1] in stops else s) for s in ps] for ps in samples]
+    unsafe = safety_filter.drop_unsafe_samples(dialogs, all_texts) if safety_filter is not None else None
     records = []
     for index, (dialog, prompt_samples, prompt_scores) in enumerate(zip(dialogs, samples, scores)):
-        texts = [tokenizer.decode(s[:-1] if s and s[-1] in stops else s) for s in prompt_samples]
+        texts = all_texts[index]
         reasons = ["stop" if s and s[-1] in stops else "length" for s in prompt_samples]
-        usable = [k for k, text in enumerate(texts) if text.strip()]
+        usable = [k for k, text in enumerate(texts) if text.strip() and not (unsafe and unsafe[index][k])]
         record = {"index": index, "prompt": dialog, "samples": texts, "scores": prompt_scores, "stop_reasons": reasons}
+        if unsafe is not None:
+            record["unsafe"] = unsafe[index]
         if len(usable) >= 2:
             best = max(usable, key=lambda k: prompt_scores[k])
             worst = min(usable, key=lambda k: prompt_scores[k])
@@ -398,6 +417,20 @@ def _write_outputs(output_dir: Path, records: list[dict[str, Any]]) -> Path:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     logger.info("Rejection sampling: %d prompts, %d selected -> %s", len(records), len(selected), output_dir)
     return output_dir
+
+
+def _write_safety_report(output_dir: Path, records: list[dict[str, Any]], safety_filter) -> None:
+    from hf_llama3.checkpoint_io import atomic_output_file
+
+    report = {
+        "samples": sum(len(r["samples"]) for r in records),
+        "unsafe_samples_dropped": sum(sum(r.get("unsafe", [])) for r in records),
+        "prompts_without_selection": sum("best" not in r for r in records),
+        "filter": safety_filter.report(),
+    }
+    with atomic_output_file(output_dir / "safety_report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    logger.info("Safety filter: dropped %d of %d samples", report["unsafe_samples_dropped"], report["samples"])
 
 
 def main(argv: list[str]) -> int:

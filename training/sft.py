@@ -23,16 +23,19 @@ from datasets import Dataset, concatenate_datasets
 from trl import SFTConfig, SFTTrainer
 
 from training.post_cli import StageInputs, load_rows
+from training.safety.mix import SafetyMixInputs, mix_from_config
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class Llama3SFTConfig(SFTConfig, StageInputs):
+class Llama3SFTConfig(SFTConfig, StageInputs, SafetyMixInputs):
     """TRL's ``SFTConfig`` with the paper's defaults [4.1.3] and the shared stage inputs.
 
     Args:
         extra_dataset_paths: More SFT files mixed with ``dataset_path`` (e.g. user data beside rejection samples).
+        safety_dataset_path, safety_adversarial_ratio, safety_borderline_ratio: Safety data mixed in at set shares
+            [5.4.3] (``training.safety.mix``).
     """
 
     # [4.1.3] "we use a learning rate of 1e-5".
@@ -45,6 +48,7 @@ class Llama3SFTConfig(SFTConfig, StageInputs):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_inputs()
+        self.validate_safety_mix()
 
 
 def check_sft_rows(dataset: Dataset, name: str = "SFT dataset") -> None:
@@ -82,7 +86,8 @@ def load_sft_dataset(config: Llama3SFTConfig) -> Dataset:
         check_sft_rows(part, name=str(path))
         keep = [c for c in ("messages", "prompt", "completion", "tools") if c in part.column_names]
         parts.append(part.select_columns(keep))
-    return concatenate_datasets(parts).shuffle(seed=config.seed) if len(parts) > 1 else parts[0]
+    dataset = concatenate_datasets(parts).shuffle(seed=config.seed) if len(parts) > 1 else parts[0]
+    return mix_from_config(dataset, config, seed=config.seed)  # [5.4.3] adversarial + borderline rows, when set
 
 
 def make_trainer(config: Llama3SFTConfig, model, tokenizer, train_dataset: Dataset, **kwargs) -> SFTTrainer:
