@@ -30,7 +30,7 @@ def multimodal_model_module():
     if not HAVE_TORCHVISION and _TRANSFORM not in sys.modules:
         stand_in = types.ModuleType(_TRANSFORM)
 
-        class VariableSizeImageTransform:  # noqa: D401 - raises if the reference ever needs the real transform
+        class VariableSizeImageTransform:
             def __init__(self, *args, **kwargs):
                 raise RuntimeError("Meta's VariableSizeImageTransform needs torchvision, which is not installed.")
 

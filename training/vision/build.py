@@ -123,9 +123,7 @@ def text_parameter_names(config: MllamaConfig) -> list[str]:
     names = []
     for name, _ in model.named_parameters():
         match = re.match(rf"{re.escape(TEXT_PREFIX)}layers\.(\d+)\.", name)
-        if name.startswith(TEXT_PREFIX) and not (match and int(match.group(1)) in cross):
-            names.append(name)
-        elif name == "lm_head.weight":
+        if (name.startswith(TEXT_PREFIX) and not (match and int(match.group(1)) in cross)) or name == "lm_head.weight":
             names.append(name)
     return names
 

@@ -43,7 +43,10 @@ def text_caption_loss(model: Llama3ForCausalLM, tokenizer, rows: list[ImageTextR
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         targets = batch["labels"][:, 1:]
         total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
         ).item()
         count += int((targets != IGNORE_INDEX).sum())
     return total / count

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from transformers.models.mllama.configuration_mllama import MllamaConfig, MllamaTextConfig, MllamaVisionConfig
 from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
 
@@ -68,7 +67,9 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def fusion_schedule(num_text_layers: int, every: int = CROSS_ATTENTION_EVERY, source: str = "the text model") -> list[int]:
+def fusion_schedule(
+    num_text_layers: int, every: int = CROSS_ATTENTION_EVERY, source: str = "the text model"
+) -> list[int]:
     """Text-layer indices that get a cross-attention layer right before them [7.2.2].
 
     Same positions as Meta's ``_init_fusion_schedule`` (counted back from the last layer); the paper's spacing

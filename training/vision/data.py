@@ -109,7 +109,9 @@ def rows_from_dataset(dataset: Any, image_column: str = "image", text_column: st
     if columns is not None:
         for column in (image_column, text_column):
             if column not in columns:
-                raise ValueError(f"{name} has no column {column!r} (columns: {columns}); pass --image-column/--text-column.")
+                raise ValueError(
+                    f"{name} has no column {column!r} (columns: {columns}); pass --image-column/--text-column."
+                )
     rows = []
     for number, record in enumerate(dataset):
         where = f"row {number} of {name}"
@@ -166,7 +168,9 @@ def render_example(rng: random.Random, sizes: Iterable[tuple[int, int]] = ((32, 
     cells = [(x, y) for x in range(0, width - cell + 1, cell) for y in range(0, height - cell + 1, cell)]
     for x, y in rng.sample(cells, count):
         margin = rng.randint(1, max(1, cell // 6))
-        _draw(draw, shape, (x + margin, y + margin, x + cell - margin - 1, y + cell - margin - 1), COLOURS[colour_name])
+        _draw(
+            draw, shape, (x + margin, y + margin, x + cell - margin - 1, y + cell - margin - 1), COLOURS[colour_name]
+        )
     noun = shape if count == 1 else shape + "s"
     return image, f"{COUNT_WORDS[count]} {colour_name} {noun}"
 

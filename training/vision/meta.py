@@ -39,8 +39,8 @@ from hf_llama3 import Llama3Config
 from hf_llama3.checkpoint_io import (
     CheckpointError,
     atomic_output_dir,
-    check_state_dict_shapes,
     check_safetensors_file,
+    check_state_dict_shapes,
     read_config_dict,
     weight_files,
 )
@@ -371,7 +371,9 @@ def detect_vision_format(src: Path) -> str:
     raise CheckpointError(f"{src} is neither an mllama folder (config.json) nor a Meta folder (params.json + .pth).")
 
 
-def convert_vision_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, overwrite: bool = False) -> Path:
+def convert_vision_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, to: str, overwrite: bool = False
+) -> Path:
     """Convert a vision checkpoint between ``mllama`` and ``meta`` (source detected), written atomically."""
     src = Path(src)
     if not src.is_dir():
@@ -391,7 +393,9 @@ def convert_vision_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to
             shutil.copy2(default_tokenizer_model_path(), tmp / "tokenizer.model")
         else:
             if list(src.glob("consolidated.*.pth")) != [src / "consolidated.00.pth"]:
-                raise CheckpointError(f"{src} has several consolidated.NN.pth shards; only single-shard folders convert.")
+                raise CheckpointError(
+                    f"{src} has several consolidated.NN.pth shards; only single-shard folders convert."
+                )
             try:
                 params = json.loads((src / "params.json").read_text())
                 meta = torch.load(src / "consolidated.00.pth", map_location="cpu", weights_only=True)

@@ -143,7 +143,9 @@ def caption_loss(
 
 def _rows(config: VisionTrainConfig) -> tuple[list[ImageTextRow], list[ImageTextRow]]:
     if config.data == "synthetic":
-        return synthetic_rows(config.synthetic_train_rows, config.seed), synthetic_rows(config.eval_rows, 10_000 + config.seed)
+        return synthetic_rows(config.synthetic_train_rows, config.seed), synthetic_rows(
+            config.eval_rows, 10_000 + config.seed
+        )
     rows = load_rows(config.data, config.image_column, config.text_column)
     if len(rows) <= config.eval_rows:
         raise ValueError(f"{config.data} has {len(rows)} rows; eval_rows={config.eval_rows} leaves none to train on.")
@@ -165,10 +167,10 @@ def train_vision_adapter(config: VisionTrainConfig) -> dict:
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes.")
+    train_rows, eval_rows = _rows(config)  # bad rows stop the run before the model is loaded
     torch.manual_seed(config.seed)
     model = MllamaForConditionalGeneration.from_pretrained(config.model, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(config.model)
-    train_rows, eval_rows = _rows(config)
     frozen = freeze_language_model(model, config.freeze_encoder)
     text_names = text_parameter_names(model.config)
     before = fingerprints(model, text_names)
@@ -211,6 +213,11 @@ def train_vision_adapter(config: VisionTrainConfig) -> dict:
     metrics["text_weights_bit_identical"] = True
     if rank == 0:
         metrics["eval_loss_with_images"] = caption_loss(model, processor, eval_rows, blind=config.blind)
+        # Each caption with another row's image: far above the matched loss only if the model reads the image.
+        shuffled = [
+            ImageTextRow(eval_rows[(i + 1) % len(eval_rows)].image, row.caption) for i, row in enumerate(eval_rows)
+        ]
+        metrics["eval_loss_mismatched_images"] = caption_loss(model, processor, shuffled, blind=config.blind)
         metrics["eval_loss_text_only"] = caption_loss(model, processor, eval_rows, with_images=False)
         if config.output:
             with atomic_output_dir(config.output, overwrite=config.overwrite) as tmp:
