@@ -4,6 +4,7 @@ and export any layout's checkpoint to a Hugging Face folder that ``from_pretrain
 from __future__ import annotations
 
 import functools
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.distributed.harness import OPTIMIZER, make_batch, reference_run, tiny
 from training.parallel.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
+from training.parallel.safe_reader import load_metadata
 from training.parallel.spawn import run_local
 
 SAVE_AT, TOTAL = 3, 6
@@ -87,3 +89,36 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "latest").write_text("step_00000007\n")
     with pytest.raises(FileNotFoundError, match="not a complete DCP checkpoint"):
         latest_checkpoint(tmp_path)
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: what a crafted ``.metadata`` could do with any callable."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_metadata_is_refused_without_running(tmp_path: Path) -> None:
+    """A DCP ``.metadata`` is a pickle: ours is read by an allow-list unpickler, so a payload never runs."""
+    folder = Path(_results()) / "TP2xPP2-to-FSDP4"
+    checkpoint = latest_checkpoint(folder)
+    assert checkpoint is not None
+    crafted = tmp_path / checkpoint.name
+    crafted.mkdir()
+    for item in checkpoint.iterdir():  # a real checkpoint whose metadata is replaced by the payload
+        (crafted / item.name).symlink_to(item)
+    (crafted / ".metadata").unlink()
+    marker = tmp_path / "pwned"
+    (crafted / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    # DCP wraps the reader's UnpicklingError in its CheckpointException (a BaseException) naming the refused callable.
+    with pytest.raises(BaseException, match=r"refers to pathlib\.Path\.touch.*refusing to load it"):
+        export_hf(crafted, tiny_config(), tmp_path / "hf")
+    assert not marker.exists()
+    assert not (tmp_path / "hf").exists()
+    # The same reader loads the real metadata: the legitimate checkpoints of every layout above resume through it.
+    with open(checkpoint / ".metadata", "rb") as handle:
+        metadata = load_metadata(handle, str(checkpoint / ".metadata"))
+    assert any(key.startswith("model.") for key in metadata.state_dict_metadata)

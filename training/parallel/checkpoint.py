@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
 
 from .engine import ParallelTrainer
+from .safe_reader import SafeFileSystemReader
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def load_checkpoint(trainer: ParallelTrainer, path: str | Path) -> dict[str, Any
         raise FileNotFoundError(f"{path} is not a DCP checkpoint folder (no .metadata file).")
     state = _app_state(trainer)
     state["train"] = {"step": 0, "extra": ""}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
     for (_, stage), optim, scheduler in zip(trainer.stages, trainer.optimizers, trainer.lr_schedulers):
         set_model_state_dict(stage, state["model"], options=StateDictOptions(strict=False))
         set_optimizer_state_dict(stage, optim, state["optimizer"], options=_OPTIM_OPTIONS)
@@ -165,7 +166,7 @@ def export_hf(checkpoint: str | Path, model_config: Llama3Config, output_dir: st
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(checkpoint)), no_dist=True)
     model.load_state_dict(state["model"])
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     if tmp.exists():

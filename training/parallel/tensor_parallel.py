@@ -26,7 +26,10 @@ def _layer_plan(base_model_tp_plan: dict[str, str]) -> dict[str, object]:
     """The per-layer DTensor plan: the config's column/row styles plus the sequence-parallel glue."""
     plan: dict[str, object] = {
         "input_layernorm": SequenceParallel(),
-        "self_attn": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        # transformers' decoder layer calls its attention with keyword arguments, its MLP positionally.
+        "self_attn": PrepareModuleInput(
+            input_kwarg_layouts={"hidden_states": Shard(1)}, desired_input_kwarg_layouts={"hidden_states": Replicate()}
+        ),
         "post_attention_layernorm": SequenceParallel(),
         "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
     }

@@ -22,6 +22,7 @@ import torch.distributed.checkpoint as dcp
 from training.parallel.checkpoint import latest_checkpoint, load_checkpoint, maybe_inject_fault, save_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import ParallelTrainer
+from training.parallel.safe_reader import SafeFileSystemReader
 
 from .batches import BatchBuilder
 from .config import PretrainRecipe
@@ -55,7 +56,7 @@ def read_run_state(checkpoint: Path) -> dict[str, Any]:
     state = {"train": {"step": 0, "extra": ""}}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(checkpoint))
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(checkpoint)))
     return json.loads(state["train"]["extra"])
 
 
