@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -239,11 +240,12 @@ def chunked_causal_lm_loss(
     return _ChunkedLinearCrossEntropy.apply(hidden, lm_head_weight, targets, chunk_size, normalizer)
 
 
-class Llama3ForCausalLM(Llama3PreTrainedModel, LlamaForCausalLM):
+class Llama3ForCausalLM(Llama3PreTrainedModel, LlamaForCausalLM, GenerationMixin):
     """transformers' ``LlamaForCausalLM`` on `Llama3Model`, with the chunked loss when ``labels`` are given.
 
     Generation (every cache kind, beam search, assisted and compiled decoding, ``generate_batch``) is
-    transformers' own: without ``labels`` the forward is ``LlamaForCausalLM.forward`` unchanged.
+    transformers' own: without ``labels`` the forward is ``LlamaForCausalLM.forward`` unchanged. (``GenerationMixin``
+    is listed explicitly, as transformers requires of generative classes, though ``LlamaForCausalLM`` brings it.)
     """
 
     def __init__(self, config: Llama3Config) -> None:

@@ -175,3 +175,17 @@ def test_sequence_classification_forward_with_a_cache_equals_without():
     cache = cached.cache if "cache" in cached else cached.past_key_values
     assert cache is not None and cache.get_seq_length() == batch["input_ids"].shape[1]
     torch.testing.assert_close(cached.logits, plain.logits)
+
+
+def test_deprecated_past_key_values_name_still_reaches_the_cache():
+    """transformers 5.24 renamed `past_key_values` to `cache` and accepts the old name until 5.40: so do we."""
+    from transformers import DynamicCache
+
+    ours, _ = build_pair()
+    input_ids = torch.tensor([PROMPTS[2]])
+    with torch.no_grad():
+        new_cache, old_cache = DynamicCache(config=ours.config), DynamicCache(config=ours.config)
+        by_new_name = ours(input_ids, cache=new_cache, use_cache=True).logits
+        by_old_name = ours(input_ids, past_key_values=old_cache, use_cache=True).logits
+    assert new_cache.get_seq_length() == old_cache.get_seq_length() == input_ids.shape[1]
+    torch.testing.assert_close(by_new_name, by_old_name, rtol=0, atol=0)
