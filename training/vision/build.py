@@ -1,12 +1,12 @@
 """``hf-llama3 vision init``: a stock ``mllama`` folder built from one of our Llama 3 text checkpoints [paper 7].
 
-The compositional approach [7.1]: the pre-trained language model is kept as it is and a vision encoder plus
+The compositional approach [7]: the pre-trained language model is kept as it is and a vision encoder plus
 cross-attention layers are added around it. The text checkpoint (ours, stock ``llama`` or Meta's layout: anything
 ``hf-llama3 convert`` reads) is copied weight for weight into ``MllamaForConditionalGeneration``'s language model:
 text layer ``i`` lands at its flattened ``mllama`` index, the embedding gains the 8 new rows Meta appends
 (``<|image|>`` first, initialised to the mean text embedding), a tied output matrix is written out. The new
 parts (encoder, projector, cross-attention layers) get transformers' own initialisation, with every cross-attention
-gate at zero [7.2.2], so the model's text logits equal the text model's until training opens the gates.
+gate at zero [7.2], so the model's text logits equal the text model's until training opens the gates.
 
 The folder holds config, safetensors weights, the Llama 3.2 Vision tokenizer (``<|image|>`` = 128256) with its
 chat template, the ``MllamaImageProcessor`` settings and the processor: ``MllamaForConditionalGeneration`` and
@@ -50,7 +50,7 @@ TEXT_PREFIX = "model.language_model."
 
 
 def image_processor_for(config: MllamaConfig) -> MllamaImageProcessorPil:
-    """The tiling image processor matching a vision config (tile size, max tiles, CLIP normalisation [7.3])."""
+    """The tiling image processor matching a vision config (tile size, max tiles, CLIP normalisation [7.4])."""
     vision = config.vision_config
     return MllamaImageProcessorPil(
         size={"height": vision.image_size, "width": vision.image_size},
@@ -202,7 +202,7 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
         "--cross-attention-every",
         type=int,
         default=CROSS_ATTENTION_EVERY,
-        help="one cross-attention layer per this many text layers [7.2.2: 4]",
+        help="one cross-attention layer per this many text layers [7.2: 4]",
     )
     parser.add_argument("--max-num-tiles", type=int, default=MAX_NUM_TILES, help="tiles per image [7.3: 4]")
     parser.add_argument("--tokenizer", help="Llama 3 tokenizer (default: SRC's, else the llama-models one)")

@@ -1,6 +1,6 @@
 """A tiny Llama 3 that knows the synthetic captions' language: the frozen text model of the demo and the tests.
 
-[7.1] composes a vision adapter with an already trained language model. On CPU the stand-in is a tiny Llama 3
+[7] composes a vision adapter with an already trained language model. On CPU the stand-in is a tiny Llama 3
 (``tiny`` preset, real 128256-token vocabulary and tokenizer) trained for a few hundred steps on the captions
 alone, ``<|begin_of_text|>caption<|end_of_text|>``, no images. It learns everything text can tell about a
 caption (the grammar, the word distribution), so its held-out caption loss is the text-only baseline: a vision
@@ -59,7 +59,7 @@ def train_caption_language_model(
     batch_size: int = 16,
     learning_rate: float = 1e-2,
     rows: int = 512,
-    preset: str = "tiny-deep",
+    preset: str = "tiny",
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption_lm = sub.add_parser("caption-lm", help="a tiny text Llama 3 trained on the synthetic captions (demo)")
     caption_lm.add_argument("dst")
     caption_lm.add_argument("--steps", type=int, default=80)
-    caption_lm.add_argument("--preset", default="tiny-deep")
+    caption_lm.add_argument("--preset", default="tiny")
     caption_lm.add_argument("--seed", type=int, default=0)
     caption_lm.add_argument("--overwrite", action="store_true")
     caption_lm.set_defaults(run=_run_caption_lm)

@@ -1,11 +1,13 @@
 """Vision-encoder presets and the cross-attention schedule of the compositional vision adapter [paper 7.2].
 
-- Image encoder [7.2.1]: ViT-H/14 (630M parameters, 32 layers of width 1280, 16 heads); its output concatenates
-  the features of intermediate layers 4, 8, 16, 24 and 31 (0-based 3, 7, 15, 23, 30) with the final ones, and
+- Image encoder [7.2]: ViT-H/14 (630M parameters, 32 layers of width 1280, 16 heads); its output concatenates
+  the features of the 4th, 8th, 16th, 24th and 31st layers (Meta's ``return_intermediate`` 3, 7, 15, 23, 30:
+  the inputs of those blocks) with the final ones, and
   8 extra gated self-attention layers ("global" layers) are added on top: 40 blocks, 16x16 patches x 7680 dims.
-- Tiles [7.3]: images are cut into at most 4 tiles with aspect-ratio embeddings; Meta's Llama 3.2 Vision release
-  uses 560x560 tiles (the ``vit-h-14`` preset), CPU presets use tiny tiles.
-- Cross-attention layers [7.2.2]: inserted after every fourth self-attention layer of the frozen language model,
+- Tiles [7.4]: images are resized to fit within at most 4 tiles (336x336 each in the paper's initial pre-training,
+  higher per-tile resolution in annealing) with aspect-ratio embeddings; Meta's Llama 3.2 Vision release uses
+  560x560 tiles (the ``vit-h-14`` preset), CPU presets use tiny tiles.
+- Cross-attention layers [7.2]: inserted after every fourth self-attention layer of the frozen language model,
   with grouped-query attention and tanh gates initialised at zero. Meta's release places them right before text
   layers 3, 7, ..., 31 of a 32-layer model (``llama_models`` ``_init_fusion_schedule``), which transformers'
   ``mllama`` flattens to layer indices 3, 8, 13, ..., 38 of a 40-layer stack.
@@ -19,9 +21,9 @@ import torch
 from transformers.models.mllama.configuration_mllama import MllamaConfig, MllamaTextConfig, MllamaVisionConfig
 from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
 
-# [7.2.2] a cross-attention layer after every fourth self-attention layer.
+# [7.2] a cross-attention layer after every fourth self-attention layer.
 CROSS_ATTENTION_EVERY = 4
-# [7.3] at most four tiles per image.
+# [7.4] at most four tiles per image.
 MAX_NUM_TILES = 4
 # CLIP normalisation, as in Meta's `VariableSizeImageTransform` (llama_models.llama3.multimodal.image_transform).
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -32,7 +34,7 @@ NUM_NEW_EMBEDDINGS = 8
 
 # Vision encoder sizes. Meta's reference fixes mlp_ratio 4 (intermediate = 4 x width) and GELU.
 VISION_PRESETS: dict[str, dict[str, Any]] = {
-    # [7.2.1] ViT-H/14 as released in Llama 3.2 Vision (560 px tiles).
+    # [7.2] ViT-H/14 as released in Llama 3.2 Vision (560 px tiles).
     "vit-h-14": dict(
         hidden_size=1280,
         num_hidden_layers=32,
@@ -70,7 +72,7 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
 def fusion_schedule(
     num_text_layers: int, every: int = CROSS_ATTENTION_EVERY, source: str = "the text model"
 ) -> list[int]:
-    """Text-layer indices that get a cross-attention layer right before them [7.2.2].
+    """Text-layer indices that get a cross-attention layer right before them [7.2].
 
     Same positions as Meta's ``_init_fusion_schedule`` (counted back from the last layer); the paper's spacing
     must divide the layer count, otherwise the layers would not be evenly spread.
