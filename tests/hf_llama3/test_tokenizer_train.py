@@ -113,3 +113,29 @@ def test_trained_tokenizer_matches_meta_on_random_text(trained_pair, text):
     ids = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     assert ids == meta.encode(text, bos=False, eos=False)
     assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("max_run", [1, 3, 25_000])
+def test_long_runs_are_split_where_meta_splits_them(max_run):
+    """Our split of over-long runs equals Meta's `_split_whitespaces_or_nonwhitespaces` (its encoder's rule)."""
+    from hf_llama3.tokenizer_train import MAX_RUN_CHARS, split_long_runs
+
+    assert MAX_RUN_CHARS == 25_000
+    texts = ["", "a", "ab  cd", " " * 7 + "x" * 9 + "\n\n" + "y" * 4, "z" * 60_001 + " " * 30_000 + "end"]
+    for text in texts:
+        ours = list(split_long_runs(text, max_run))
+        meta = [piece for piece in MetaTokenizer._split_whitespaces_or_nonwhitespaces(text, max_run) if piece]
+        assert ours == meta, text[:40]
+        assert "".join(ours) == text
+
+
+def test_a_megabyte_line_without_whitespace_trains(tmp_path):
+    """Before runs were split, BPE training on one 1 MB word ran for hours (issue 12); now it is 40 words."""
+    import random
+
+    rng = random.Random(0)
+    corpus = tmp_path / "one_line.txt"
+    corpus.write_text("".join(rng.choice("abcdefghij") for _ in range(1_000_000)) + "\n", encoding="utf-8")
+    out = train_tokenizer(TokenizerTrainConfig(inputs=[str(corpus)], output_dir=str(tmp_path / "tok"), vocab_size=300))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer("abcdefghij" * 3).input_ids) < 30  # merges were learnt from the long line
