@@ -89,3 +89,19 @@ def test_train_cli_reports_a_bad_row_and_writes_nothing(mllama_folder, tmp_path,
     err = capsys.readouterr().err
     assert "row 2 of" in err and "has no image" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_datasets_folder_with_an_image_column(tmp_path):
+    import datasets
+
+    rows = synthetic_rows(4, seed=2)
+    features = datasets.Features({"picture": datasets.Image(), "caption": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict(
+        {"picture": [r.image for r in rows], "caption": [r.caption for r in rows]}, features=features
+    )
+    dataset.save_to_disk(str(tmp_path / "ds"))
+    back = load_rows(tmp_path / "ds", image_column="picture", text_column="caption")
+    assert [r.caption for r in back] == [r.caption for r in rows]
+    assert np.array_equal(np.asarray(back[0].image), np.asarray(rows[0].image))
+    with pytest.raises(ValueError, match=r"has no column 'image'.*--image-column"):
+        load_rows(tmp_path / "ds")
