@@ -66,14 +66,14 @@ def test_folder_loads_without_hf_llama3_and_keeps_text_logits(text_folder, mllam
     with torch.no_grad():
         want = text_model(ids).logits
     torch.testing.assert_close(out["text"], want, rtol=0, atol=1e-5)
-    # Gates at zero [7.2.2]: the image changes nothing until training opens them.
+    # Gates at zero [7.2]: the image changes nothing until training opens them.
     torch.testing.assert_close(out["with_image"], out["same_ids_no_image"], rtol=0, atol=1e-5)
     assert out["image_token_id"] == 128256 and out["input_ids"][0, 0].item() == 128256
     assert out["processor"] == "MllamaProcessor"
 
 
 def test_cross_attention_positions_match_meta_and_the_release():
-    """[7.2.2] every fourth layer: 32 text layers -> mllama indices 3, 8, ..., 38 (the 11B release's config)."""
+    """[7.2] every fourth layer: 32 text layers -> mllama indices 3, 8, ..., 38 (the 11B release's config)."""
     fusion = fusion_schedule(32, 4)
     assert fusion == meta_fusion_schedule(32, 8)  # Meta's own rule (llama_models _init_fusion_schedule)
     cross, text_positions = mllama_layer_indices(32, fusion)

@@ -44,7 +44,7 @@ def test_image_conditioned_logits_match_meta_reference(gated_folder, tmp_path):
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
     model = MllamaForConditionalGeneration.from_pretrained(gated_folder).eval()
     processor = AutoProcessor.from_pretrained(gated_folder)
-    # Several aspect ratios: 2x2 tiles (tall), 1x1, 1x2 (wide) [7.3].
+    # Several aspect ratios: 2x2 tiles (tall), 1x1, 1x2 (wide) [7.4].
     images = [_random_image(40, 70, 0), _random_image(30, 20, 1), _random_image(64, 30, 2)]
     texts = ["<|image|>two red circles", "<|image|>one blue square", "<|image|>three green dots"]
     batch = processor(
