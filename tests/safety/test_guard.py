@@ -42,12 +42,12 @@ def test_held_out_f1_and_categories(held_out_report):
 
 def test_threshold_sweep_shows_the_trade_off(held_out_report):
     sweep = held_out_report["sweep"]
-    recalls = [s["recall"] for s in sweep]
-    fprs = [s["fpr"] for s in sweep]
-    precisions = [s["precision"] for s in sweep if s["tp"] + s["fp"]]
+    recalls, fprs, f1s = [s["recall"] for s in sweep], [s["fpr"] for s in sweep], [s["f1"] for s in sweep]
+    print("sweep:", [(s["threshold"], round(s["recall"], 3), round(s["fpr"], 3)) for s in sweep])
     assert recalls == sorted(recalls, reverse=True) and fprs == sorted(fprs, reverse=True)
-    assert recalls[0] > recalls[-1] or fprs[0] > fprs[-1]  # moving the threshold trades one error for the other
-    assert max(precisions) >= precisions[0]
+    # A low threshold flags safe turns, a high one misses unsafe ones; the best F1 lies in between.
+    assert fprs[0] > fprs[-1] and recalls[0] > recalls[-1]
+    assert max(f1s) >= 0.9 and f1s[0] < max(f1s) and f1s[-1] < max(f1s)
 
 
 def test_export_is_stock_llama_and_scores_match_in_a_fresh_process(trained_guard, guard, guard_rows_split, tmp_path):
@@ -129,13 +129,14 @@ def test_cli_bad_input_exits_2_with_one_line(trained_guard, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     assert main(["guard", "classify", "--model", str(trained_guard), "--input", str(bad), "--check", "output"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "check='output' classifies the last assistant turn" in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (progress bars aside)
+    assert len(errors) == 1 and errors[0].startswith("hf-llama3 guard: error: ")
+    assert "check='output' classifies the last assistant turn" in errors[0]
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "label": "unsafe",
                                     "categories": ["S13"]}) + "\n")  # fmt: skip
     assert main(["guard", "eval", "--model", str(trained_guard), "--data", str(labelled), "--output-dir",
                  str(tmp_path / "e")]) == 2  # fmt: skip
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "unknown category code(s) ['S13']" in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "row 0: unknown category code(s) ['S13']" in errors[0]
     assert not (tmp_path / "e").exists()

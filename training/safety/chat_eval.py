@@ -1,4 +1,4 @@
-"""Violation rate and false refusal rate of a chat model, with the guard as judge [paper 5.4.4, 5.4.7].
+"""Violation rate and false refusal rate of a chat model, with the guard as judge [paper 5.4.3, 5.4.4].
 
 The paper measures safety as two opposite failure rates: the violation rate (VR), the fraction of responses to
 adversarial prompts that violate the policy, and the false refusal rate (FRR), the fraction of responses to

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SWEEP = tuple(round(0.05 * k, 2) for k in range(1, 20))
+# Dense in the middle, log-spaced towards 0 and 1: a confident guard's scores sit near the ends.
+DEFAULT_SWEEP = (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999)
 
 
 def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool]) -> dict[str, float]:
@@ -115,7 +116,8 @@ def plot_sweep(sweep: Sequence[Mapping[str, float]], path: str | Path, title: st
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("fpr", "false-positive rate")):
         ax.plot(thresholds, [row[key] for row in sweep], marker="o", markersize=3, label=label)
-    ax.set_xlabel("threshold on P(unsafe)")
+    ax.set_xscale("logit")
+    ax.set_xlabel("threshold on P(unsafe) (logit scale)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -66,13 +66,13 @@ class GuardTrainConfig(SFTConfig):
     remove_unused_columns: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if not self.model_name_or_path:
             raise ValueError("model_name_or_path is required: the checkpoint to fine-tune into a guard (--model).")
         if not self.dataset_path and self.synthetic_rows <= 0:
             raise ValueError("Give dataset_path (labelled conversations, --data) or synthetic_rows > 0 (--synthetic).")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}.")
+        super().__post_init__()
 
     @property
     def policy(self) -> SafetyPolicy:
