@@ -72,10 +72,10 @@ def test_cp_mask_equals_transformers_document_mask_on_each_rank() -> None:
     seq, cp = 24, 3
     documents = torch.tensor([[0] * 5 + [1] * 9 + [2] * 10, [0] * 24])
     reference = create_causal_mask(
-        config=config,
-        inputs_embeds=torch.zeros(2, seq, 8),
-        attention_mask=None,
-        past_key_values=None,
+        config,
+        torch.zeros(2, seq, 8),
+        None,  # attention_mask
+        None,  # the cache (`cache` from transformers 5.24, `past_key_values` before)
         position_ids=torch.arange(seq).expand(2, -1),
         and_mask_function=document_mask_function(documents),
     )
