@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
 
+from .checkpoint_match import check_model_matches
 from .engine import ParallelTrainer
 from .safe_reader import SafeFileSystemReader
 
@@ -130,9 +131,12 @@ def load_checkpoint(trainer: ParallelTrainer, path: str | Path) -> dict[str, Any
     if not (path / ".metadata").is_file():
         raise FileNotFoundError(f"{path} is not a DCP checkpoint folder (no .metadata file).")
     state = _app_state(trainer)
+    check_model_matches(path, state["model"], distributed=True)  # DCP alone would load a prefix of a larger model
     state["train"] = {"step": 0, "extra": ""}
     dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
     for (_, stage), optim, scheduler in zip(trainer.stages, trainer.optimizers, trainer.lr_schedulers):
+        # Not strict: with several pipeline stages per rank, state["model"] also holds the other stages' keys;
+        # check_model_matches above already proved the checkpoint and the whole model have the same tensors.
         set_model_state_dict(stage, state["model"], options=StateDictOptions(strict=False))
         set_optimizer_state_dict(stage, optim, state["optimizer"], options=_OPTIM_OPTIONS)
         # The LR follows the step; the loaded param-group LR already equals it.
@@ -164,6 +168,7 @@ def export_hf(checkpoint: str | Path, model_config: Llama3Config, output_dir: st
         raise FileNotFoundError(f"{checkpoint} is not a DCP checkpoint folder (no .metadata file).")
     model = Llama3ForCausalLM(model_config)
     state = {"model": model.state_dict()}
+    check_model_matches(checkpoint, state["model"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, storage_reader=SafeFileSystemReader(str(checkpoint)), no_dist=True)

@@ -6,8 +6,9 @@
     accelerate launch --multi_gpu --num_processes 2 -m training.pretrain.cli --config ...   # gloo on CPU
     hf-llama3 pretrain --config ... --set initial.tokens=65536 --set output_dir=run2   # dotted keys reach sections
 
-Rerunning the same command resumes from ``<output_dir>/checkpoints/latest``. The end product is ``<output_dir>/hf``:
-the Polyak average of the annealing snapshots (without an ``anneal`` stage: the last checkpoint) with the tokenizer
+Rerunning the same command resumes from ``<output_dir>/checkpoints/latest``; a rerun with another recipe, model
+shape or inputs is refused and a finished run is never extended (:mod:`training.pretrain.fingerprint`).
+The end product is ``<output_dir>/hf``: the Polyak average of the annealing snapshots (without an ``anneal`` stage: the last checkpoint) with the tokenizer
 and a model card listing the recipe.
 """
 
@@ -37,6 +38,7 @@ from training.post_cli import build_config, parse_overrides, read_yaml, stage_pa
 
 from .anneal import AnnealStage, polyak_average
 from .config import PretrainRecipe
+from .fingerprint import check_pretrain_run
 from .initial import InitialStage
 from .long_context import LongContextStage
 from .probe import run_probe
@@ -167,10 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     Without torchrun, a CPU recipe whose layout needs N processes runs on N local gloo processes started here.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = stage_parser("pretrain", "Pre-train Llama 3 with the paper's three-stage recipe [3.4] (TP/CP/PP/FSDP).")
+    parser = stage_parser(
+        "pretrain",
+        "Pre-train Llama 3 with the paper's three-stage recipe [3.4] (TP/CP/PP/FSDP). Rerunning the same command "
+        "resumes from <output_dir>/checkpoints/latest. <output_dir>/fingerprint.json records the recipe, model shape "
+        "and inputs at the first start: a rerun with other ones there is refused (set another output_dir to start "
+        "afresh). A finished run is never extended: rerunning it says it is finished and keeps hf/; to train more "
+        "tokens, use another output_dir.",
+    )
     args = parser.parse_args(argv)
     recipe = recipe_from_args(args)
     check_sources(recipe)
+    finished = check_pretrain_run(recipe, len(build_stages(recipe)))
+    if finished is not None and (Path(recipe.output_dir) / "hf").is_dir():
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(json.dumps({"tokens": finished.get("tokens", 0), "export": str(Path(recipe.output_dir) / "hf")}))
+            print(f"{recipe.output_dir} holds this run, already finished: nothing to train.", file=sys.stderr)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     worlds = sorted({ParallelDims(**layout).world_size for *_, layout in recipe.batch_shapes()})
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
