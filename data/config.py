@@ -6,13 +6,8 @@ overrides any key (the value is parsed as YAML).
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from data.dedup_line import LineDedupConfig
 from data.dedup_minhash import MinHashConfig
@@ -28,6 +23,7 @@ from data.readers import ReaderConfig
 from data.shards import ShardConfig
 from data.topics import TopicConfig
 from data.url_filter import UrlFilterConfig
+from hf_llama3.recipe_loader import apply_overrides, bounds, build, read_yaml
 
 EXECUTOR_KINDS = ("local", "datatrove-local", "slurm", "ray")
 
@@ -62,7 +58,9 @@ class CurateConfig:
 
     output_dir: str
     reader: ReaderConfig
-    workers: int = 1
+    workers: int = field(
+        default=1, metadata=bounds("processes for the per-file stage (one task per input file)", min=1)
+    )
     tokenizer: str | None = None
     url_filter: UrlFilterConfig = field(default_factory=UrlFilterConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -86,51 +84,17 @@ class CurateConfig:
             raise ValueError("output_dir is empty: say where the curated data goes.")
 
 
-def build(cls: type, values: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields; unknown keys are errors."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of settings, got {type(values).__name__}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}. Valid keys: {', '.join(sorted(fields))}.")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        kwargs[name] = build(hint, value, f"{where}.{name}") if dataclasses.is_dataclass(hint) else value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{where}: {err}") from err
-
-
-def set_key(values: dict, dotted: str, raw: str) -> None:
-    """Apply one ``--set a.b.c=value`` override (value parsed as YAML)."""
-    *parents, last = dotted.split(".")
-    node = values
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}: {key!r} is not a section.")
-    node[last] = yaml.safe_load(raw)
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CurateConfig:
-    """Read a recipe YAML (relative input/output paths are taken from the current directory) and apply overrides."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config {str(path)!r} not found (recipes live in recipes/data/).")
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: use key=value, e.g. --set mix.seed=3.")
-        set_key(values, key.strip(), raw)
+    """Read a recipe YAML (relative input/output paths are taken from the current directory) and apply overrides.
+
+    The shared recipe loader (:mod:`hf_llama3.recipe_loader`) checks every key and type with its dotted path.
+    """
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config {str(path)!r} not found (recipes live in recipes/data/).")
+    values = read_yaml(path) if path is not None else {}
+    apply_overrides(values, overrides or [])
     if "reader" not in values or "output_dir" not in values:
         raise ValueError(
             "the config needs `reader: {paths: [...]}` and `output_dir: ...` (see recipes/data/sample.yaml)."
         )
-    return build(CurateConfig, values, "config")
+    return build(CurateConfig, values, source=str(path) if path is not None else "command line")

@@ -3,6 +3,8 @@
 Every stage is run as ``hf-llama3 <stage> --config recipe.yaml [--set key=value ...]``: the YAML recipe fills the
 stage's config dataclass, ``--set`` overrides single fields (values parsed as YAML, so ``--set beta=0.2`` is a
 float and ``--set 'weights=[1, 2]'`` a list), and unknown keys are rejected with the list of valid ones.
+The loading itself is the project's one recipe loader (:mod:`hf_llama3.recipe_loader`); the functions here are
+the names the stages have always called.
 """
 
 from __future__ import annotations
@@ -11,51 +13,67 @@ import argparse
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any, ClassVar, TypeVar
 
 import hf_llama3  # noqa: F401  (registers model_type llama3 with the Auto classes every stage loads through)
+from hf_llama3 import recipe_loader
+from hf_llama3.recipe_loader import read_yaml  # noqa: F401  (re-exported: stages and tests read recipes through it)
 
 ConfigT = TypeVar("ConfigT")
 
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict; a missing file or a non-mapping document is a user error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file {path} does not exist: pass --config with the path of a YAML recipe.")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping of config keys, got {type(data).__name__}.")
-    return data
+# Bounds for the TRL/transformers trainer arguments the stage configs inherit (their fields cannot carry our
+# metadata): values where zero or a negative number is meaningless. Applied only to fields a config has.
+TRAINER_CONSTRAINTS: dict[str, dict[str, float]] = {
+    "learning_rate": {"gt": 0},
+    "num_train_epochs": {"gt": 0},
+    "max_steps": {"min": -1},  # -1: train for num_train_epochs
+    "per_device_train_batch_size": {"min": 1},
+    "per_device_eval_batch_size": {"min": 1},
+    "gradient_accumulation_steps": {"min": 1},
+    "warmup_ratio": {"min": 0, "max": 1},
+    "warmup_steps": {"min": 0},
+    "weight_decay": {"min": 0},
+    "max_grad_norm": {"min": 0},
+    "adam_beta1": {"min": 0, "lt": 1},
+    "adam_beta2": {"min": 0, "lt": 1},
+    "adam_epsilon": {"gt": 0},
+    "logging_steps": {"gt": 0},
+    "save_steps": {"gt": 0},
+    "eval_steps": {"gt": 0},
+    "save_total_limit": {"min": 1},
+    "max_length": {"min": 1},
+    "max_prompt_length": {"min": 1},
+    "max_completion_length": {"min": 1},
+    "beta": {"gt": 0},
+    "lora_r": {"min": 1},
+    "lora_alpha": {"gt": 0},
+    "lora_dropout": {"min": 0, "lt": 1},
+    "dataloader_num_workers": {"min": 0},
+    "seed": {"min": 0},
+}
 
 
 def build_config(cls: type[ConfigT], values: Mapping[str, Any], source: str = "config") -> ConfigT:
-    """Instantiate the dataclass ``cls`` from ``values``, rejecting keys it does not define."""
-    names = {field.name for field in dataclasses.fields(cls) if field.init}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown key(s) {unknown} for {cls.__name__}. Valid keys: {', '.join(sorted(names))}."
-        )
-    return cls(**values)
+    """Instantiate the dataclass ``cls`` from ``values``: unknown keys rejected, types and bounds checked."""
+    return recipe_loader.build(cls, values, source=source)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``["key=value", ...]`` into a dict, each value parsed as YAML."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}.")
-        overrides[key.strip()] = yaml.safe_load(raw)
-    return overrides
+    """Turn ``["key=value", ...]`` into a dict, each value parsed as YAML (dotted keys kept as they are)."""
+    return dict(recipe_loader.split_override(pair) for pair in pairs)
 
 
-def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The argument parser every stage starts from: ``--config`` and repeated ``--set key=value``."""
-    parser = argparse.ArgumentParser(prog=f"hf-llama3 {prog}", description=description)
+def stage_parser(prog: str, description: str, config_cls: type | None = None) -> argparse.ArgumentParser:
+    """The argument parser every stage starts from: ``--config`` and repeated ``--set key=value``.
+
+    With ``config_cls``, ``--help`` ends with every config key (dotted path, type, default and help text).
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"hf-llama3 {prog}",
+        description=description,
+        epilog=recipe_loader.describe(config_cls) if config_cls is not None else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="YAML recipe (see recipes/tiny/ and recipes/llama3-8b/)")
     parser.add_argument(
         "--set",
@@ -63,17 +81,14 @@ def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config key (value parsed as YAML); repeatable",
+        help="override one config key (value parsed as YAML; dotted keys reach sections); repeatable",
     )
     return parser
 
 
 def load_stage_config(cls: type[ConfigT], args: argparse.Namespace, extra: Mapping[str, Any] | None = None) -> ConfigT:
     """Merge the YAML recipe, stage-specific flags (``extra``, None values skipped) and ``--set`` overrides."""
-    values: dict[str, Any] = read_yaml(args.config) if args.config is not None else {}
-    values.update({key: value for key, value in (extra or {}).items() if value is not None})
-    values.update(parse_overrides(args.overrides))
-    return build_config(cls, values, source=str(args.config) if args.config is not None else "command line")
+    return recipe_loader.load_recipe(cls, args.config, args.overrides, extra)
 
 
 @dataclasses.dataclass
@@ -103,6 +118,8 @@ class StageInputs:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
+
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = TRAINER_CONSTRAINTS
 
     def validate_inputs(self) -> None:
         """Errors for settings every stage needs; called from each stage config's ``__post_init__``."""

@@ -117,7 +117,7 @@ def test_bad_configs_exit_2_with_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"output_dir: {tmp_path}/o\nreader: {{paths: [{SAMPLE}]}}\nminhash: {{bandz: 3}}\n")
     assert cli_main(["curate", "--config", str(bad)]) == 2
-    assert "unknown key(s) ['bandz']" in capsys.readouterr().err
+    assert "unknown key(s) ['minhash.bandz']" in capsys.readouterr().err
     assert cli_main(["curate", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
     assert cli_main(["curate", "--config", str(RECIPE), "--set", "reader.paths=[/nonexistent]"]) == 2

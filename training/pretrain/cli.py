@@ -30,11 +30,12 @@ import yaml
 
 from hf_llama3.cli import USER_ERRORS
 from hf_llama3.model_card import write_model_card
+from hf_llama3.recipe_loader import load_recipe
 from training.parallel.checkpoint import export_hf, latest_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.distributed import init_distributed
 from training.parallel.spawn import run_local
-from training.post_cli import build_config, parse_overrides, read_yaml, stage_parser
+from training.post_cli import stage_parser
 
 from .anneal import AnnealStage, polyak_average
 from .config import PretrainRecipe
@@ -50,16 +51,7 @@ logger = logging.getLogger(__name__)
 
 def recipe_from_args(args: argparse.Namespace) -> PretrainRecipe:
     """The recipe from ``--config`` and ``--set`` overrides; ``--set a.b=v`` sets key ``b`` of section ``a``."""
-    values: dict[str, Any] = read_yaml(args.config) if args.config is not None else {}
-    for key, value in parse_overrides(args.overrides).items():
-        *sections, field = key.split(".")
-        target = values
-        for section in sections:
-            if not isinstance(target.get(section), dict):
-                raise ValueError(f"--set {key}: {section!r} is not a section of the recipe.")
-            target = target[section]
-        target[field] = value
-    return build_config(PretrainRecipe, values, source=str(args.config or "command line"))
+    return load_recipe(PretrainRecipe, args.config, args.overrides)
 
 
 def check_sources(recipe: PretrainRecipe) -> None:

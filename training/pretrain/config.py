@@ -13,21 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from hf_llama3 import Llama3Config
+from hf_llama3.recipe_loader import bounds, build
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, OptimizerConfig
-from training.post_cli import build_config
 
 REPORT_TO = ("jsonl", "tensorboard")
 GATE_FAIL_ACTIONS = ("continue", "stop")
 
 
 def _section(cls: type, value: Any, name: str) -> Any:
-    """A nested recipe section: the dataclass itself, or a dict of its fields (unknown keys rejected)."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a mapping of {cls.__name__} fields, got {type(value).__name__}.")
-    return build_config(cls, value, source=name)
+    """A nested recipe section: the dataclass itself, or a dict of its fields (the shared recipe loader checks it).
+
+    The loader already builds sections from YAML; this covers code that constructs a recipe from plain dicts.
+    """
+    return build(cls, value, source="", where=name)
 
 
 def _check_weights(weights: dict[str, float], name: str) -> dict[str, float]:
@@ -43,9 +42,9 @@ class RampPoint:
     The paper: 4M tokens of 4096-token sequences, 8M of 8192 after 252M tokens, 16M after 2.87T [3.4.1].
     """
 
-    after_tokens: int
-    batch_tokens: int
-    seq_len: int
+    after_tokens: int = dataclasses.field(metadata=bounds("tokens seen before this point applies", min=0))
+    batch_tokens: int = dataclasses.field(metadata=bounds("tokens per global batch (a multiple of seq_len)", min=1))
+    seq_len: int = dataclasses.field(metadata=bounds("sequence length", min=2))
 
     def __post_init__(self) -> None:
         if self.after_tokens < 0 or self.seq_len < 2 or self.batch_tokens < self.seq_len:
@@ -66,8 +65,10 @@ class MixPoint:
     """From ``after_tokens`` tokens seen on, sequences are drawn from the sources in proportion to ``weights``
     ("we adjust the mix of pre-training data during training" [3.4.1])."""
 
-    after_tokens: int
-    weights: dict[str, float]
+    after_tokens: int = dataclasses.field(metadata=bounds("tokens seen before this mix applies", min=0))
+    weights: dict[str, float] = dataclasses.field(
+        metadata=bounds("source name -> weight (non-negative, not all zero)", min=0)
+    )
 
     def __post_init__(self) -> None:
         if self.after_tokens < 0:
@@ -95,9 +96,9 @@ class InitialConfig:
         mix: ``MixPoint`` list by tokens seen; weights name entries of ``PretrainRecipe.sources``.
     """
 
-    tokens: int
-    ramp: list
-    mix: list
+    tokens: int = dataclasses.field(metadata=bounds("tokens trained in this stage", min=1))
+    ramp: list[RampPoint] = dataclasses.field(metadata=bounds("batch-size and sequence-length ramp by tokens seen"))
+    mix: list[MixPoint] = dataclasses.field(metadata=bounds("data-mix schedule by tokens seen"))
 
     def __post_init__(self) -> None:
         if self.tokens < 1:
@@ -135,17 +136,19 @@ class LongContextConfig:
             exit at the stage boundary, asking for a relaunch with that many processes.
     """
 
-    seq_lens: list
-    batch_tokens: int | list
-    min_tokens: int
-    max_tokens: int
-    weights: dict
-    gate_every: int = 1
-    loss_tolerance: float = 0.02
+    seq_lens: list[int] = dataclasses.field(metadata=bounds(min=2))
+    batch_tokens: int | list[int] = dataclasses.field(metadata=bounds(min=1))
+    min_tokens: int = dataclasses.field(metadata=bounds(min=1))
+    max_tokens: int = dataclasses.field(metadata=bounds(min=1))
+    weights: dict[str, float] = dataclasses.field(metadata=bounds(min=0))
+    gate_every: int = dataclasses.field(default=1, metadata=bounds(min=1))
+    loss_tolerance: float = dataclasses.field(default=0.02, metadata=bounds(min=0))
     needle: bool = True
-    needle_depths: list = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    needle_trials: int = 1
-    needle_min_score: float = 1.0
+    needle_depths: list[float] = dataclasses.field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata=bounds(min=0, max=1)
+    )
+    needle_trials: int = dataclasses.field(default=1, metadata=bounds(min=1))
+    needle_min_score: float = dataclasses.field(default=1.0, metadata=bounds(min=0, max=1))
     on_gate_fail: str = "continue"
     parallel: dict | None = None
 
@@ -186,12 +189,12 @@ class AnnealConfig:
         parallel: ``ParallelDims`` fields for this stage (default: the recipe's).
     """
 
-    tokens: int
-    seq_len: int
-    batch_tokens: int
-    weights: dict
-    average_every: int = 1
-    average_last: int = 0
+    tokens: int = dataclasses.field(metadata=bounds(min=1))
+    seq_len: int = dataclasses.field(metadata=bounds(min=2))
+    batch_tokens: int = dataclasses.field(metadata=bounds(min=1))
+    weights: dict[str, float] = dataclasses.field(metadata=bounds(min=0))
+    average_every: int = dataclasses.field(default=1, metadata=bounds(min=1))
+    average_last: int = dataclasses.field(default=0, metadata=bounds(min=0))
     parallel: dict | None = None
 
     def __post_init__(self) -> None:
@@ -221,7 +224,7 @@ class ProbeConfig:
 
     checkpoint: str
     source: str
-    weight: float = 0.30
+    weight: float = dataclasses.field(default=0.30, metadata=bounds(gt=0, lt=1))
 
     def __post_init__(self) -> None:
         if not 0 < self.weight < 1:
@@ -240,9 +243,15 @@ class SpikeGuardConfig:
     (``optimizer.max_grad_norm``).
     """
 
-    window: int = 20
-    spike_factor: float = 6.0
-    max_consecutive: int = 5
+    window: int = dataclasses.field(
+        default=20, metadata=bounds("accepted steps in the running mean of gradient norms", min=1)
+    )
+    spike_factor: float = dataclasses.field(
+        default=6.0, metadata=bounds("skip a step whose gradient norm exceeds this times the mean", gt=1)
+    )
+    max_consecutive: int = dataclasses.field(
+        default=5, metadata=bounds("stop the run after this many skipped steps in a row", min=1)
+    )
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.spike_factor <= 1 or self.max_consecutive < 1:
@@ -275,10 +284,10 @@ class PretrainRecipe:
         peak_flops: Peak FLOP/s per device for MFU (default from the GPU name; none on CPU).
     """
 
-    sources: dict
-    initial: Any
-    anneal: Any = None
-    long_context: Any = None
+    sources: dict[str, str | dict[str, str]]
+    initial: InitialConfig
+    anneal: AnnealConfig | None = None
+    long_context: LongContextConfig | None = None
     model: str = "tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
     parallel: dict = dataclasses.field(default_factory=dict)
@@ -286,19 +295,19 @@ class PretrainRecipe:
     optimizer: dict = dataclasses.field(default_factory=dict)
     activation_checkpointing: bool = False
     compile: bool = False
-    seed: int = 0
+    seed: int = dataclasses.field(default=0, metadata=bounds(min=0))
     device: str = "cpu"
-    eval_sequences: int = 2
-    eval_seq_len: int = 256
+    eval_sequences: int = dataclasses.field(default=2, metadata=bounds(min=1))
+    eval_seq_len: int = dataclasses.field(default=256, metadata=bounds(min=2))
     tokenizer: str | None = "llama3"
-    spike: Any = dataclasses.field(default_factory=SpikeGuardConfig)
+    spike: SpikeGuardConfig = dataclasses.field(default_factory=SpikeGuardConfig)
     mode: str = "pretrain"
-    probe: Any = None
+    probe: ProbeConfig | None = None
     output_dir: str = "pretrain_output"
-    checkpoint_every: int = 50
-    keep_last: int = 2
-    report_to: list = dataclasses.field(default_factory=lambda: ["jsonl", "tensorboard"])
-    peak_flops: float | None = None
+    checkpoint_every: int = dataclasses.field(default=50, metadata=bounds(min=1))
+    keep_last: int = dataclasses.field(default=2, metadata=bounds(min=0))
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["jsonl", "tensorboard"])
+    peak_flops: float | None = dataclasses.field(default=None, metadata=bounds(gt=0))
 
     def __post_init__(self) -> None:
         for name, source in self.sources.items():
