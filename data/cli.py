@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 
-from data.config import load_config
+from data.config import CurateConfig, load_config
+from hf_llama3.output_lock import output_lock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, args.set)
+    # One run per output folder: a second `curate` into it would race the first's shards and temp files.
+    with output_lock(config.output_dir):
+        return _run(config)
 
+
+def _run(config: CurateConfig) -> int:
+    """Run (locally or on a datatrove cluster executor) and print the summary line."""
     if config.executor.kind != "local":
         from data.cluster import run_on_datatrove
 

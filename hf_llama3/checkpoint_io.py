@@ -15,11 +15,15 @@ import shutil
 import struct
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from .durable import apply_umask_mode, apply_umask_modes, fsync_path, fsync_tree
+from .output_folder import check_replaceable, write_marker
+from .output_lock import output_lock
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -39,30 +43,78 @@ class CheckpointError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_output_dir(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    dst: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    command: str | None = None,
+) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``dst`` and rename it to ``dst`` only when the block succeeds.
 
-    On any error the temporary folder is removed and ``dst`` is left as it was. With ``overwrite`` an existing
-    ``dst`` is replaced (moved aside first, deleted after the rename).
+    On any error (in the block, the checks or the rename) the temporary folder is removed and ``dst`` is left as it
+    was. With ``overwrite`` an existing ``dst`` is replaced (moved aside first, deleted after the rename), but only
+    a folder this project wrote, and never one holding ``inputs``, the working directory or the home folder
+    (:func:`hf_llama3.output_folder.check_replaceable`). The run holds ``dst``'s lock throughout, so a second run
+    into the same folder is refused at once. The result carries the ownership marker (``command`` names the
+    writer), its safetensors files are checked complete, its modes follow the umask, and everything is fsynced
+    before the rename.
     """
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(
-            f"Output folder {dst} already exists: choose a new path or pass overwrite=True (--overwrite)."
-        )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    inputs = list(inputs)
+    with output_lock(dst):
+        if dst.exists() or dst.is_symlink():
+            if not overwrite:
+                raise FileExistsError(
+                    f"Output folder {dst} already exists: choose a new path or pass overwrite=True (--overwrite)."
+                )
+            # Refused before the block runs, so a long conversion never ends in a refusal.
+            check_replaceable(dst, inputs)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        # Marked from the start: a nested writer asked to overwrite the staging folder must see it as ours.
+        write_marker(tmp, command)
+        try:
+            yield tmp
+            _install(tmp, dst, inputs, command)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def install_output_dir(
+    staged: str | os.PathLike,
+    dst: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] = (),
+    command: str | None = None,
+) -> Path:
+    """Rename the finished folder ``staged`` onto ``dst`` the way :func:`atomic_output_dir` does (ownership check,
+    marker, safetensors check, umask modes, fsync, old output restored if the rename fails), for writers that build their
+    staging folder over several steps. Holds ``dst``'s lock; ``staged`` is left in place if this raises."""
+    with output_lock(dst):
+        _install(Path(staged), Path(dst), list(inputs), command)
+    return Path(dst)
+
+
+def _install(tmp: Path, dst: Path, inputs: list[str | os.PathLike], command: str | None) -> None:
+    """Mark, check and fsync ``tmp``, then rename it onto ``dst`` (the caller holds ``dst``'s lock)."""
+    write_marker(tmp, command)  # (again) after the writer: it may have replaced the folder's contents
+    for path in sorted(tmp.rglob("*.safetensors")):
+        check_safetensors_file(path)
+    apply_umask_modes(tmp)
+    fsync_tree(tmp)
     old = None
-    if dst.exists():
+    if dst.exists() or dst.is_symlink():
+        check_replaceable(dst, inputs)  # (still) ours after the writer, which may have run for hours
         old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(dst, old)
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dst)  # put the previous output back
+        raise
+    fsync_path(dst.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -72,7 +124,8 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only if the block succeeds.
 
     The single-file counterpart of :func:`atomic_output_dir`: a crash or an exception leaves no half-written file
-    at ``path`` (and no temporary file beside it, except after a hard kill).
+    at ``path`` (and no temporary file beside it, except after a hard kill). The file is fsynced before the rename
+    and gets the umask's mode (``mkstemp`` would leave it 0600).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +133,10 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        apply_umask_mode(tmp)
+        fsync_path(tmp)
         os.replace(tmp, target)
+        fsync_path(target.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -386,7 +386,7 @@ def convert_checkpoint(
         to: ``"ours"``, ``"llama"`` or ``"meta"`` (and targets registered in ``EXTERNAL_TARGETS``).
         num_shards: Tensor-parallel shards for Meta's layout (``consolidated.00.pth`` ...).
         max_shard_size: Largest safetensors shard for HF outputs; larger models get an index.
-        overwrite: Replace an existing ``dst``.
+        overwrite: Replace an existing ``dst`` (only a folder hf-llama3 wrote, never one holding ``src``).
     """
     if to in EXTERNAL_TARGETS:
         return _resolve(EXTERNAL_TARGETS[to])(src, dst, overwrite=overwrite)
@@ -401,7 +401,7 @@ def convert_checkpoint(
             "Meta's layout has no sequence-classification head; convert reward models to ours/llama."
         )
     logger.info("Converting %s (%s format, %d tensors) to %s format in %s", src, fmt, len(state_dict), to, dst)
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, inputs=[src]) as tmp:
         if to == "meta":
             for index, shard in enumerate(split_meta_shards(config, state_dict, num_shards)):
                 torch.save(shard, tmp / f"consolidated.{index:02d}.pth")

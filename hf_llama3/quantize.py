@@ -209,7 +209,7 @@ def quantize_fp8_checkpoint(
     }
     bytes_before = sum(p.stat().st_size for p in files)
     logger.info("Quantizing %d FFN projections of %s to FP8 into %s", len(targets), src, dst)
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, inputs=[src]) as tmp:
         out_config = _write_config(tmp, config_dict, config, activation_scale_ub, dtype)
         weight_map: dict[str, str] = {}
         quantized = 0

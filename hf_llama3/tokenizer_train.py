@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from .checkpoint_io import atomic_output_dir
 from .tokenization_llama3 import LLAMA3_SPLIT_PATTERN, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class TokenizerTrainConfig:
             Llama 3 uses 128000 [paper 3.2]; a small corpus may yield fewer tokens than asked.
         min_frequency: a pair must occur this often to be merged.
         text_field: the JSON key holding the text in ``.jsonl`` inputs.
-        overwrite: replace an existing ``output_dir``.
+        overwrite: replace an existing ``output_dir`` (only a folder hf-llama3 wrote, never one holding an input).
     """
 
     inputs: list[str]
@@ -160,21 +160,14 @@ def write_tiktoken_model(tokenizer: Tokenizer, path: str | os.PathLike) -> int:
 def train_tokenizer(config: TokenizerTrainConfig) -> Path:
     """Train, write ``tokenizer.model`` and the Hugging Face files into ``config.output_dir``; returns it."""
     output = Path(config.output_dir)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    # Only a folder a previous `tokenizer train` wrote may be replaced, never one holding the corpus.
+    with atomic_output_dir(output, overwrite=config.overwrite, inputs=config.inputs) as staging:
         base_size = write_tiktoken_model(train_bpe(config), staging / "tokenizer.model")
         logger.info("Trained %d base tokens (asked for %d).", base_size, config.vocab_size)
         # Built from the tiktoken file like the real tokenizer, so both formats give the same ids.
         hf_tokenizer = load_tokenizer(staging / "tokenizer.model", cache_dir=staging / ".cache")
         shutil.rmtree(staging / ".cache")
         hf_tokenizer.save_pretrained(staging)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return output
 
 

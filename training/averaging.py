@@ -140,7 +140,7 @@ def average_checkpoints(
     maps = check_compatible(folders)
     layout = _group_by_file(maps[0])
 
-    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=folders) as staging:
         for path in folders[0].iterdir():
             if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX_FILE:
                 shutil.copy2(path, staging / path.name)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -202,15 +201,21 @@ STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
 
 def run_demo(output_dir: str | Path = "demo_output", seed: int = 0, clean: bool = False) -> DemoContext:
     """Run every demo step in order; returns the context with the artifacts' paths."""
+    from hf_llama3.output_folder import create_output_dir, remove_output_dir
+    from hf_llama3.output_lock import output_lock
+
     output_dir = Path(output_dir)
-    if clean and output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(output_dir=output_dir, seed=seed)
-    for index, (name, step) in enumerate(STEPS, start=1):
-        start = time.perf_counter()
-        summary = step(ctx)
-        print(f"[{index}/{len(STEPS)}] {name} ({time.perf_counter() - start:.1f}s): {summary}", flush=True)
+    # One demo per folder at a time; --clean deletes only a folder an earlier demo created (its marker), never
+    # the home folder, the working directory or anything above them.
+    with output_lock(output_dir):
+        if clean:
+            remove_output_dir(output_dir, option="--clean")
+        create_output_dir(output_dir, command="hf-llama3 demo")
+        ctx = DemoContext(output_dir=output_dir, seed=seed)
+        for index, (name, step) in enumerate(STEPS, start=1):
+            start = time.perf_counter()
+            summary = step(ctx)
+            print(f"[{index}/{len(STEPS)}] {name} ({time.perf_counter() - start:.1f}s): {summary}", flush=True)
     return ctx
 
 
@@ -219,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-llama3 demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="demo_output", help="where the demo writes its artifacts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clean", action="store_true", help="delete the output folder first")
+    parser.add_argument(
+        "--clean", action="store_true", help="delete the output folder first (only one an earlier demo created)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run_demo(args.output_dir, seed=args.seed, clean=args.clean)

@@ -217,9 +217,16 @@ def test_existing_output_is_not_overwritten_without_flag(ours_folder, tmp_path, 
     assert run_cli(ours_folder, tmp_path / "taken", "--to", "llama") == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
-    assert run_cli(ours_folder, tmp_path / "taken", "--to", "llama", "--overwrite") == 0
-    assert not (tmp_path / "taken" / "keep.txt").exists()
-    assert load_file(tmp_path / "taken" / "model.safetensors")
+    # A folder hf-llama3 did not write is never deleted, even with --overwrite (issue 12, finding 1).
+    assert run_cli(ours_folder, tmp_path / "taken", "--to", "llama", "--overwrite") == 2
+    assert "not created by hf-llama3" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    # One it wrote is replaced.
+    assert run_cli(ours_folder, tmp_path / "ours", "--to", "llama") == 0
+    (tmp_path / "ours" / "stale.txt").write_text("old output")
+    assert run_cli(ours_folder, tmp_path / "ours", "--to", "llama", "--overwrite") == 0
+    assert not (tmp_path / "ours" / "stale.txt").exists()
+    assert load_file(tmp_path / "ours" / "model.safetensors")
 
 
 def test_not_a_checkpoint_folder(tmp_path, capsys):

@@ -303,7 +303,7 @@ def convert_to_nanotron(
     _, config, state_dict = load_checkpoint(src)
     for message in rope_warnings(config, schema):
         logger.warning(message)
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, inputs=[src]) as tmp:
         write_nanotron_checkpoint(
             config, state_dict, tmp, tp=tp, pp=pp, rope_interleaved=rope_interleaved, schema=schema
         )
@@ -315,7 +315,7 @@ def convert_from_nanotron(src: str | os.PathLike, dst: str | os.PathLike, *, ove
     """Convert a Nanotron checkpoint folder to our HF format (``save_pretrained`` layout), atomically."""
     config, state_dict = read_nanotron_checkpoint(src)
     config.architectures = ["Llama3ForCausalLM"]
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, inputs=[src]) as tmp:
         _save_with_class(Llama3ForCausalLM, config, state_dict, tmp, "5GB")
         copy_companion_files(src, tmp)
     return Path(dst)

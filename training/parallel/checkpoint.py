@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
+from hf_llama3.checkpoint_io import atomic_output_dir
 
 from .checkpoint_match import check_model_matches
 from .engine import ParallelTrainer
@@ -161,7 +162,8 @@ def load_checkpoint(trainer: ParallelTrainer, path: str | Path) -> dict[str, Any
 def export_hf(checkpoint: str | Path, model_config: Llama3Config, output_dir: str | Path) -> Path:
     """Write a ``save_pretrained`` folder from a DCP checkpoint of any layout (one process, no process group).
 
-    The folder is written next to ``output_dir`` and renamed into place, so a crash never leaves a partial export.
+    The folder is written next to ``output_dir`` and renamed into place, so a crash never leaves a partial export
+    (``hf_llama3.checkpoint_io.atomic_output_dir``).
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if not (checkpoint / ".metadata").is_file():
@@ -173,12 +175,8 @@ def export_hf(checkpoint: str | Path, model_config: Llama3Config, output_dir: st
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, storage_reader=SafeFileSystemReader(str(checkpoint)), no_dist=True)
     model.load_state_dict(state["model"])
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    # Replaces only an export hf-llama3 wrote (ownership marker), never a folder holding the checkpoint itself.
+    with atomic_output_dir(output_dir, overwrite=True, inputs=[checkpoint]) as tmp:
+        model.save_pretrained(tmp)
     logger.info("Exported %s to %s", checkpoint, output_dir)
     return output_dir

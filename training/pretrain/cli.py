@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch.distributed as dist
 import yaml
 
+from hf_llama3.checkpoint_io import install_output_dir
 from hf_llama3.cli import USER_ERRORS
 from hf_llama3.model_card import write_model_card
 from hf_llama3.recipe_loader import load_recipe
@@ -119,9 +119,7 @@ def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Pat
         },
         tags=["pretraining"],
     )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    install_output_dir(partial, final)  # replaces only an hf/ that hf-llama3 wrote (ownership marker)
     logger.info("Exported the final model to %s", final)
     return final
 
