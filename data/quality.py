@@ -28,7 +28,8 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-from data.langid import fasttext_predict, load_fasttext
+from data.fasttext_io import check_destination, check_file, load_checked, save_verified
+from data.langid import fasttext_predict
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +79,35 @@ class QualityConfig:
                 raise FileNotFoundError(
                     f"quality.{name} {value!r} does not exist: train it first (see README, Data curation)."
                 )
+        if self.fasttext_model is not None:
+            check_file(self.fasttext_model)  # a cut-short model loads silently in fastText: refuse it here
         for name in ("fasttext_threshold", "encoder_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"quality.{name} must be in [0, 1].")
 
 
 def train_fasttext_classifier(
-    positives: Sequence[str], negatives: Sequence[str], path: str | os.PathLike, epochs: int = 25, seed: int = 0
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    path: str | os.PathLike,
+    epochs: int = 25,
+    seed: int = 0,
+    buckets: int = 2_000_000,
+    overwrite: bool = False,
 ) -> str:
-    """Train a fastText ``hq``/``lq`` classifier (word bigrams) and save it to ``path``."""
+    """Train a fastText ``hq``/``lq`` classifier (word bigrams) and save it to ``path``, verified complete.
+
+    ``buckets`` is fastText's hashed n-gram table (its default 2M makes an ~800 MB model); the saved file is
+    checked (exact size, a reload that predicts the same) before it replaces ``path``, which an existing model
+    only may do with ``overwrite``.
+    """
     import fasttext
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}.")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"buckets must be an integer >= 1, got {buckets!r}.")
+    check_destination(path, overwrite)  # before training: a refused destination should cost nothing
 
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         rows = [("hq", t) for t in positives] + [("lq", t) for t in negatives]
@@ -97,12 +117,17 @@ def train_fasttext_classifier(
         train_file = f.name
     try:
         model = fasttext.train_supervised(
-            input=train_file, epoch=epochs, wordNgrams=2, lr=0.5, seed=seed, thread=1, verbose=0
+            input=train_file, epoch=epochs, wordNgrams=2, lr=0.5, seed=seed, thread=1, verbose=0, bucket=buckets
         )
+    except RuntimeError as err:
+        if "NaN" not in str(err):
+            raise
+        # Diverged: few, repetitive examples hashed into few buckets take too large steps at lr 0.5.
+        raise ValueError(f"fastText training diverged ({err}): give more varied examples or more --buckets.") from err
     finally:
         os.unlink(train_file)
-    model.save_model(str(path))
-    return str(path)
+    probes = [text for _, text in rows[:8]]
+    return str(save_verified(model, path, probes, overwrite=overwrite))
 
 
 def fasttext_quality(model, text: str) -> float:
@@ -204,7 +229,7 @@ class QualityFilter(BaseFilter):
         if domain not in cfg.domains:
             return True
         if cfg.fasttext_model:
-            self._fasttext = self._fasttext or load_fasttext(cfg.fasttext_model)
+            self._fasttext = self._fasttext or load_checked(cfg.fasttext_model)  # a cut-short model fails here
             score = fasttext_quality(self._fasttext, doc.text)
             doc.metadata["fasttext_quality"] = round(score, 4)
             if score < cfg.fasttext_threshold:

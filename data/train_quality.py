@@ -2,6 +2,7 @@
 
     # fastText "would be referenced by Wikipedia" classifier [3.1.1]: positives vs negatives
     hf-llama3 train-quality fasttext --positives refs.jsonl --negatives random_web.warc.gz --output wiki.bin
+    # the model is checked complete (size, reload) before success is printed; --overwrite replaces one
     # an LLM judge labels pages from a written rubric, a MiniLM encoder head learns the labels [3.1.1]
     hf-llama3 train-quality encoder --input pages.jsonl --judge path/to/causal-lm --output quality_encoder/
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from data.extract import ExtractConfig, HtmlExtractor
 from data.readers import InputReader, ReaderConfig
+from hf_llama3.cli_types import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--positives", nargs="+", required=True)
     ft.add_argument("--negatives", nargs="+", required=True)
     ft.add_argument("--output", required=True, help="model file (.bin) for quality.fasttext_model")
-    ft.add_argument("--epochs", type=int, default=25)
+    ft.add_argument("--epochs", type=positive_int, default=25)
+    ft.add_argument(
+        "--buckets", type=positive_int, default=2_000_000, help="hashed bigram rows (fastText's 2M: an ~800 MB model)"
+    )
+    ft.add_argument("--overwrite", action="store_true", help="replace an existing model at --output")
     enc = sub.add_parser("encoder", help="LLM-judge labels + sentence-encoder classifier")
     enc.add_argument("--input", nargs="+", required=True)
     enc.add_argument("--judge", required=True, help="causal LM checkpoint folder (ours or any transformers LM)")
@@ -52,16 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     enc.add_argument("--rubric", default=None, help="text file with the rubric prompt; {text} marks the page")
     enc.add_argument("--encoder", default=None, help="sentence-transformers model folder (default: offline MiniLM)")
-    enc.add_argument("--max-docs", type=int, default=2000)
+    enc.add_argument("--max-docs", type=positive_int, default=2000)
     enc.add_argument("--output", required=True, help="folder for quality.encoder_classifier")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from data.fasttext_io import check_destination
     from data.quality import DEFAULT_RUBRIC, EncoderClassifier, judge_labels, train_fasttext_classifier
 
     if args.kind == "fasttext":
+        check_destination(args.output, args.overwrite)  # refused before reading and training, not after
         positives, negatives = read_texts(args.positives), read_texts(args.negatives)
-        path = train_fasttext_classifier(positives, negatives, args.output, epochs=args.epochs)
+        path = train_fasttext_classifier(
+            positives, negatives, args.output, epochs=args.epochs, buckets=args.buckets, overwrite=args.overwrite
+        )
         print(json.dumps({"model": path, "positives": len(positives), "negatives": len(negatives)}))
         return 0
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,22 @@ logger = logging.getLogger(__name__)
 HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
-def _check_jsonl(path: str | os.PathLike, required: Sequence[str]) -> Path:
+def _check_multiple_choice_row(path: Path, lineno: int, record: dict[str, Any]) -> None:
+    """``choices`` a non-empty list and ``answer`` an index into it: a bad answer is a data error, not a wrong answer."""
+    choices, answer = record["choices"], record["answer"]
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"{path}:{lineno}: 'choices' must be a non-empty list, got {choices!r}.")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise ValueError(
+            f"{path}:{lineno}: 'answer' {answer!r} is not an index into its {len(choices)} choices "
+            f"(0..{len(choices) - 1}); fix the row (answer = index of the correct choice)."
+        )
+
+
+def _check_jsonl(
+    path: str | os.PathLike, required: Sequence[str], check_row: Callable[[Path, int, dict], None] | None = None
+) -> Path:
+    """Check a benchmark JSONL: present, non-empty, valid JSON per line, required fields, ``check_row`` per row."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {path} does not exist.")
@@ -49,12 +64,14 @@ def _check_jsonl(path: str | os.PathLike, required: Sequence[str]) -> Path:
         missing = [key for key in required if key not in record]
         if missing:
             raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}.")
+        if check_row is not None:
+            check_row(path, lineno, record)
     return path.resolve()
 
 
 def multiple_choice_task(path: str | os.PathLike, name: str = "local_multiple_choice") -> dict[str, Any]:
     """An lm-eval task config for a local multiple-choice JSONL (question, choices, answer index)."""
-    path = _check_jsonl(path, ("question", "choices", "answer"))
+    path = _check_jsonl(path, ("question", "choices", "answer"), _check_multiple_choice_row)
     return {
         "task": name,
         "dataset_path": "json",

