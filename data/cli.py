@@ -8,6 +8,7 @@ import logging
 
 from data.config import CurateConfig, load_config
 from hf_llama3.output_lock import output_lock
+from hf_llama3.recipe_loader import describe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="hf-llama3 curate",
         description="Curate raw WARC/HTML/JSONL/parquet into tokenized, mixed training shards (Llama 3 paper, 3.1). "
         "Rerunning the same command resumes where a previous run stopped.",
+        epilog=describe(CurateConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/data/sample.yaml")
     parser.add_argument(

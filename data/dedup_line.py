@@ -17,6 +17,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -53,6 +54,13 @@ class LineDedupConfig:
     bucket_size: int = 30_000_000  # [3.1.1]
     per_language: bool = True
     min_chars: int = 50
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader).
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "max_repeats": {"min": 1},
+        "bucket_size": {"min": 1},
+        "min_chars": {"min": 0},
+    }
 
     def __post_init__(self) -> None:
         if self.max_repeats < 1 or self.bucket_size < 1:

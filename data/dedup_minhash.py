@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -42,6 +43,13 @@ class MinHashConfig:
     ngram: int = 5
     seed: int = 1
     per_language: bool = True
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader).
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "bands": {"min": 1},
+        "rows": {"min": 1},
+        "ngram": {"min": 1},
+    }
 
     def __post_init__(self) -> None:
         for name in ("bands", "rows", "ngram"):

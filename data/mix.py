@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 CATEGORIES = ("general", "math_reasoning", "code", "multilingual")
 PAPER_MIX = dict(zip(CATEGORIES, (0.50, 0.25, 0.17, 0.08)))  # [3.1.2]
@@ -50,6 +51,16 @@ class MixConfig:
     anneal_weight: float = ANNEAL_WEIGHT
     topic_keep: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader).
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "weights": {"min": 0},
+        "total_tokens": {"min": 1},
+        "max_epochs": {"gt": 0},
+        "anneal_weight": {"min": 0, "max": 1},
+        "topic_keep": {"min": 0, "max": 1},
+        "seed": {"min": 0},
+    }
 
     def __post_init__(self) -> None:
         if not self.weights or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:

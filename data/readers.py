@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -53,6 +54,9 @@ class ReaderConfig:
 
     paths: list[str] = field(default_factory=list)
     max_page_bytes: int = 10_000_000
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader).
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {"max_page_bytes": {"min": 1}}
     text_key: str = "text"
     id_key: str = "id"
     url_key: str = "url"

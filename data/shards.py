@@ -27,6 +27,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -50,6 +51,13 @@ class ShardConfig:
     sequences_per_shard: int = 1024
     datatrove_export: bool = True
     batch_size: int = 256
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader).
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "seq_len": {"min": 2},
+        "sequences_per_shard": {"min": 1},
+        "batch_size": {"min": 1},
+    }
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or self.sequences_per_shard < 1 or self.batch_size < 1:

@@ -176,10 +176,9 @@ class _Builder:
         if unknown:
             raise self.error("", _unknown_message(unknown, sorted(fields), where))
         hints = _hints(cls)
-        constraints = getattr(cls, "RECIPE_CONSTRAINTS", {})
         kwargs = {}
         for name, value in values.items():
-            meta = {**constraints.get(name, {}), **fields[name].metadata}
+            meta = field_meta(cls, fields[name])
             kwargs[name] = self.value(value, hints.get(name, Any), _join(where, name), meta)
         missing = [
             _join(where, f.name)
@@ -311,6 +310,18 @@ class _Builder:
         return value
 
 
+def field_meta(cls: type, f: dataclasses.Field) -> dict[str, Any]:
+    """A field's help and bounds: its metadata over the ``RECIPE_CONSTRAINTS`` of ``cls`` and its bases.
+
+    ``RECIPE_CONSTRAINTS`` (a ``ClassVar`` mapping field name -> bounds) is how a config bounds fields it inherits
+    from a class it cannot change (TRL's ``learning_rate``); every class in the MRO may add some.
+    """
+    meta: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        meta.update(klass.__dict__.get("RECIPE_CONSTRAINTS", {}).get(f.name, {}))
+    return {**meta, **f.metadata}
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -359,16 +370,16 @@ def _type_name(hint: Any) -> str:
 def config_keys(cls: type, where: str = "") -> list[tuple[str, str, str, str]]:
     """Every key of ``cls`` as ``(dotted path, type, default, help)``, nested dataclass sections expanded."""
     hints, docs = _hints(cls), _docstring_args(cls)
-    constraints = getattr(cls, "RECIPE_CONSTRAINTS", {})
     rows = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         hint = hints.get(f.name, Any)
         path = _join(where, f.name)
-        meta = {**constraints.get(f.name, {}), **f.metadata}
+        meta = field_meta(cls, f)
         help_text = " ".join(str(meta.get("help") or docs.get(f.name, "")).split())
-        bounds = ", ".join(f"{b} {meta[b]}" for b in _BOUNDS if meta.get(b) is not None)
+        signs = {"min": ">=", "max": "<=", "gt": ">", "lt": "<"}
+        bounds = ", ".join(f"{signs[b]} {meta[b]}" for b in _BOUNDS if meta.get(b) is not None)
         if bounds:
             help_text = f"{help_text} [{bounds}]".strip()
         if f.default is not dataclasses.MISSING:

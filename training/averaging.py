@@ -18,6 +18,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -49,6 +50,9 @@ class AveragingConfig:
     output_dir: str = ""
     weights: list[float] | None = None
     overwrite: bool = False
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {"weights": {"min": 0}}
 
     def __post_init__(self) -> None:
         if len(self.checkpoints) < 2:
@@ -186,7 +190,9 @@ def _average_shard(
 
 def main(argv: list[str]) -> int:
     """``hf-llama3 average``: average checkpoints as configured by a YAML recipe and ``--set`` overrides."""
-    parser = stage_parser("average", "Average model checkpoints (paper 4.1.5), sharded safetensors in and out.")
+    parser = stage_parser(
+        "average", "Average model checkpoints (paper 4.1.5), sharded safetensors in and out.", AveragingConfig
+    )
     parser.add_argument("--checkpoints", nargs="+", help="model folders to average")
     parser.add_argument("--output-dir", help="where to write the averaged model")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per checkpoint (default: uniform)")

@@ -200,7 +200,9 @@ def main(argv: list[str]) -> int:
         stage_parser,
     )
 
-    args = stage_parser("dpo", "DPO with formatting-token masking and an NLL term (paper 4.1.4).").parse_args(argv)
+    args = stage_parser(
+        "dpo", "DPO with formatting-token masking and an NLL term (paper 4.1.4).", Llama3DPOConfig
+    ).parse_args(argv)
     config = load_stage_config(Llama3DPOConfig, args)
     tokenizer = load_stage_tokenizer(config)
     trainer = Llama3DPOTrainer(

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -92,6 +92,21 @@ class IsoFLOPsConfig:
     device: str = "cpu"
     num_threads: int | None = None
     seed: int = 0
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "budgets": {"gt": 0},
+        "seq_len": {"min": 2},
+        "batch_size": {"min": 1},
+        "peak_lr_range": {"gt": 0},
+        "min_lr_ratio": {"min": 0, "max": 1},
+        "weight_decay": {"min": 0},
+        "warmup_steps": {"min": 0},
+        "val_tokens": {"min": 1},
+        "extrapolate_to": {"gt": 0},
+        "num_threads": {"min": 1},
+        "seed": {"min": 0},
+    }
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "3.0e9" (no exponent sign) as a string: coerce every number given in e-notation.
@@ -253,7 +268,9 @@ def main(argv: list[str]) -> int:
     """``hf-llama3 scaling-law {sweep,fit,forecast} ...``: ``sweep`` trains here, the rest is evaluation's."""
     if not argv or argv[0] != "sweep":
         return scaling_law_main(argv)
-    parser: argparse.ArgumentParser = stage_parser("scaling-law sweep", "Train an IsoFLOPs sweep, then fit and plot.")
+    parser: argparse.ArgumentParser = stage_parser(
+        "scaling-law sweep", "Train an IsoFLOPs sweep, then fit and plot.", IsoFLOPsConfig
+    )
     parser.add_argument("--output-dir", help="override output_dir from the recipe")
     args = parser.parse_args(argv[1:])
     config = load_stage_config(IsoFLOPsConfig, args, {"output_dir": args.output_dir})

@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -82,6 +82,18 @@ class RejectionSamplingConfig:
     seed: int = 0
     safety_guard_path: str | None = None
     safety_threshold: float | None = None
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "num_samples": {"min": 2},
+        "temperature": {"min": 0},
+        "top_p": {"gt": 0, "max": 1},
+        "max_new_tokens": {"min": 1},
+        "max_batch_tokens": {"min": 1},
+        "score_pack_size": {"min": 1},
+        "seed": {"min": 0},
+        "safety_threshold": {"min": 0, "max": 1},
+    }
 
     def __post_init__(self) -> None:
         for name in ("policy_path", "reward_model_path", "prompts_path", "output_dir"):
@@ -437,7 +449,9 @@ def main(argv: list[str]) -> int:
     """``hf-llama3 rejection-sample``: K samples per prompt, scored by the reward model, best and worst kept."""
     from training.post_cli import load_stage_config, stage_parser
 
-    parser = stage_parser("rejection-sample", "Rejection sampling with a shared prompt KV cache (paper 4.2.2).")
+    parser = stage_parser(
+        "rejection-sample", "Rejection sampling with a shared prompt KV cache (paper 4.2.2).", RejectionSamplingConfig
+    )
     args = parser.parse_args(argv)
     config = load_stage_config(RejectionSamplingConfig, args)
     print(rejection_sample(config))

@@ -385,7 +385,7 @@ def main(argv: list[str]) -> int:
         stage_parser,
     )
 
-    parser = stage_parser("reward", "Train a reward model on ranked responses (paper 4.1.2).")
+    parser = stage_parser("reward", "Train a reward model on ranked responses (paper 4.1.2).", Llama3RewardConfig)
     args = parser.parse_args(argv)
     config = load_stage_config(Llama3RewardConfig, args)
     tokenizer = load_stage_tokenizer(config)

@@ -27,7 +27,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from datasets import Dataset, concatenate_datasets
@@ -77,6 +77,14 @@ class RoundsConfig:
     rejection_sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     sft: dict[str, Any] = dataclasses.field(default_factory=dict)
     dpo: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "num_rounds": {"min": 1},
+        "preference_samples": {"min": 2},
+        "dpo_seeds": {"min": 0},
+        "eval_max_new_tokens": {"min": 1},
+    }
 
     def __post_init__(self) -> None:
         for name in ("base_model", "prompts_path", "preference_path", "output_dir"):
@@ -380,7 +388,9 @@ def demo_round(base_model: str | Path, output_dir: str | Path, num_rounds: int =
 
 def main(argv: list[str]) -> int:
     """``hf-llama3 rounds``: run (or resume) the iterative post-training recipe [4.1.6]."""
-    args = stage_parser("rounds", "Iterative post-training rounds (paper 4.1.6); reruns resume.").parse_args(argv)
+    args = stage_parser(
+        "rounds", "Iterative post-training rounds (paper 4.1.6); reruns resume.", RoundsConfig
+    ).parse_args(argv)
     config = load_stage_config(RoundsConfig, args)
     rows = RoundsRunner(config).run()
     print((Path(config.output_dir) / "summary.md").read_text(encoding="utf-8"), end="")

@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
     from training.post_cli import export_model, last_checkpoint, load_stage_config, load_stage_tokenizer, stage_parser
 
     args = stage_parser(
-        "sft", "Supervised fine-tuning with assistant-only loss and packing (paper 4.1.3)."
+        "sft", "Supervised fine-tuning with assistant-only loss and packing (paper 4.1.3).", Llama3SFTConfig
     ).parse_args(argv)
     config = load_stage_config(Llama3SFTConfig, args)
     tokenizer = load_stage_tokenizer(config)

@@ -20,15 +20,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from hf_llama3 import Llama3Config
 from hf_llama3.checkpoint_io import atomic_output_file
+from hf_llama3.recipe_loader import load_recipe
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import OptimizerConfig
-from training.post_cli import load_stage_config, parse_overrides, stage_parser
+from training.post_cli import stage_parser
 
 from .convert import nanotron_model_config, rope_warnings
 
@@ -64,6 +65,15 @@ class NanotronRecipe:
     steps: int = 10
     checkpoint_every: int = 0
 
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "seed": {"min": 0},
+        "batch_size": {"min": 1},
+        "seq_len": {"min": 1},
+        "steps": {"min": 1},
+        "checkpoint_every": {"min": 0},
+    }
+
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "steps"):
             if getattr(self, name) < 1:
@@ -79,16 +89,7 @@ class NanotronRecipe:
 
 def recipe_from_args(args: argparse.Namespace) -> NanotronRecipe:
     """The layout from ``--config`` and ``--set`` (``--set parallel.tp=2`` updates one field of a nested section)."""
-    nested = [pair for pair in args.overrides if "." in pair.partition("=")[0]]
-    args.overrides = [pair for pair in args.overrides if pair not in nested]
-    recipe = load_stage_config(NanotronRecipe, args)
-    for key, value in parse_overrides(nested).items():
-        section, _, field = key.partition(".")
-        if not isinstance(getattr(recipe, section, None), dict):
-            raise ValueError(f"--set {key}: {section!r} is not a nested section of the Nanotron recipe.")
-        getattr(recipe, section)[field] = value
-    recipe.__post_init__()
-    return recipe
+    return load_recipe(NanotronRecipe, args.config, args.overrides)
 
 
 def nanotron_config(
@@ -189,7 +190,9 @@ def nanotron_config(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hf-llama3 nanotron-config --config RECIPE --output nanotron.yaml [--schema main|0.4]``."""
-    parser = stage_parser("nanotron-config", "Write a Nanotron YAML config for a model + parallel layout.")
+    parser = stage_parser(
+        "nanotron-config", "Write a Nanotron YAML config for a model + parallel layout.", NanotronRecipe
+    )
     parser.add_argument("--output", type=Path, required=True, help="YAML file to write")
     parser.add_argument("--schema", choices=["main", "0.4"], default="main", help="Nanotron version targeted")
     parser.add_argument("--checkpoints-path", default="checkpoints", help="Nanotron's checkpoints folder")

@@ -166,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and inputs at the first start: a rerun with other ones there is refused (set another output_dir to start "
         "afresh). A finished run is never extended: rerunning it says it is finished and keeps hf/; to train more "
         "tokens, use another output_dir.",
+        PretrainRecipe,
     )
     args = parser.parse_args(argv)
     recipe = recipe_from_args(args)

@@ -43,10 +43,16 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def _train(argv: list[str]) -> int:
+    from hf_llama3.recipe_loader import describe
     from training.post_cli import load_stage_config
     from training.safety.train import GuardTrainConfig, train_guard
 
-    parser = argparse.ArgumentParser(prog="hf-llama3 guard train", description="Fine-tune a checkpoint into a guard.")
+    parser = argparse.ArgumentParser(
+        prog="hf-llama3 guard train",
+        description="Fine-tune a checkpoint into a guard.",
+        epilog=describe(GuardTrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="YAML recipe (GuardTrainConfig keys, TRL SFTConfig included)")
     parser.add_argument("--model", dest="model_name_or_path", help="checkpoint to fine-tune (ours or stock Llama)")
     parser.add_argument("--data", dest="dataset_path", help="labelled rows: messages, label, categories[, check]")

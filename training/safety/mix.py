@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from typing import ClassVar
 
 from datasets import Dataset, concatenate_datasets
 
@@ -34,6 +35,12 @@ class SafetyMixInputs:
     safety_dataset_path: str | None = None
     safety_adversarial_ratio: float = 0.0
     safety_borderline_ratio: float = 0.0
+
+    # Bounds the shared recipe loader checks (the stage configs merge them with the trainer's).
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "safety_adversarial_ratio": {"min": 0, "max": 1},
+        "safety_borderline_ratio": {"min": 0, "max": 1},
+    }
 
     def validate_safety_mix(self) -> None:
         """Errors for ratios outside [0, 1), summing to 1 or more, or set without a safety file."""

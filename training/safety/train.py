@@ -23,11 +23,12 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from training.post_cli import TRAINER_CONSTRAINTS
 from training.safety.classifier import DEFAULT_THRESHOLD, GUARD_CONFIG_NAME
 from training.safety.policy import SafetyPolicy
 from training.safety.prompt import EOT, format_answer, guard_chat_template, render_guard_prompt
@@ -64,6 +65,13 @@ class GuardTrainConfig(SFTConfig):
     max_length: int | None = None
     report_to: Any = "none"
     remove_unused_columns: bool = False
+
+    # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        **TRAINER_CONSTRAINTS,
+        "synthetic_rows": {"min": 0},
+        "threshold": {"min": 0, "max": 1},
+    }
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
