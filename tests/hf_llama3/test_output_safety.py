@@ -277,3 +277,15 @@ def test_second_writer_into_a_locked_output_is_refused(sb1, tmp_path, capsys):
     assert not out.exists() and not lock_path(out).exists()
     with output_lock(out):  # released: free again
         pass
+
+
+def test_nested_writer_may_replace_its_staging_folder(sb1, tmp_path):
+    """The guard export and round averaging fill a staging folder with another atomic writer (overwrite=True)."""
+    before = listing(tmp_path)
+    with atomic_output_dir(tmp_path / "guard", overwrite=True) as staging:
+        convert_checkpoint(sb1 / "model", staging, "llama", overwrite=True)
+        (staging / "guard.json").write_text("{}")
+    names = {p.name for p in (tmp_path / "guard").iterdir()}
+    assert {"model.safetensors", "config.json", "guard.json", MARKER_NAME} <= names
+    after = listing(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("guard")} == before
