@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import gc
 import json
+import logging
 import os
 import tempfile
 import time
@@ -88,6 +89,10 @@ def run_local(world_size: int, fn: Callable, *args) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
+        # torch logs a warning per surviving rank it stops after a failure: noise around the one line that matters.
+        spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+        level = spawn_logger.level
+        spawn_logger.setLevel(logging.ERROR)
         try:
             mp.start_processes(_worker, args=(world_size, store, fn, args), nprocs=world_size, start_method="fork")
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
@@ -97,3 +102,5 @@ def run_local(world_size: int, fn: Callable, *args) -> None:
                 # names it.
                 raise
             raise failure from None
+        finally:
+            spawn_logger.setLevel(level)
