@@ -139,7 +139,13 @@ def build_executors(config: CurateConfig, executor: ExecutorConfig) -> list:
 
 def run_on_datatrove(config: CurateConfig, executor: ExecutorConfig) -> dict | None:
     """Launch the chain. Locally it runs to the end and writes ``report.json`` (returned); on Slurm/Ray it
-    submits the dependent jobs and returns None (build the report later with :func:`datatrove_report`)."""
+    submits the dependent jobs and returns None (build the report later with :func:`datatrove_report`).
+
+    datatrove skips tasks its logs mark done, so the run fingerprint guards these reruns as it does the local ones.
+    """
+    from data.fingerprint import check_curate_run
+
+    check_curate_run(config, list_input_files(config.reader.paths))
     build_executors(config, executor)[-1].run()
     if executor.kind != "datatrove-local":
         return None

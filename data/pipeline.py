@@ -9,7 +9,9 @@
 
 A rerun skips every task whose marker exists and redoes the others from scratch, so a crash never
 leaves half a result and the output is byte-identical to an uninterrupted run (every stage is
-deterministic: fixed seeds, sorted inputs, gzip without timestamps). ``report.json`` and ``report.png``
+deterministic: fixed seeds, sorted inputs, gzip without timestamps). A rerun with another recipe or other input
+contents is refused (``fingerprint.json``, :mod:`data.fingerprint`), and a run where no document survives a stage
+stops with one line naming the step that dropped them all (:mod:`data.survival`). ``report.json`` and ``report.png``
 sum up documents and characters kept and dropped per step and reason, languages and mix categories.
 
 The per-document steps are datatrove ``BaseFilter``s, so the same blocks also run inside datatrove's executors
@@ -18,7 +20,6 @@ The per-document steps are datatrove ``BaseFilter``s, so the same blocks also ru
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -36,6 +37,7 @@ from data.dedup_minhash import MinHashDeduplicator
 from data.dedup_url import UrlDeduplicator
 from data.domains import DomainTagger
 from data.extract import HtmlExtractor
+from data.fingerprint import check_curate_run
 from data.heuristics import HeuristicFilter
 from data.langid import LanguageFilter
 from data.mix import category_of
@@ -44,6 +46,7 @@ from data.quality import QualityFilter
 from data.readers import InputReader, list_input_files
 from data.report import build_report, write_report
 from data.shards import MANIFEST, write_shards
+from data.survival import check_survivors
 from data.topics import TopicClassifier
 from data.url_filter import UrlBlocklistFilter
 from hf_llama3.checkpoint_io import atomic_output_file
@@ -222,7 +225,8 @@ def run_stage2(config: CurateConfig, stage1: Path, n_files: int, out: Path) -> N
     if config.line_dedup.enabled:
         line_step = LineDeduplicator(config.line_dedup)
         docs = _counted(line_step, docs, stats, "empty_after_line_dedup")
-        stats.steps[_step_name(line_step)]["removed_lines"] = int(line_step.stats["removed_lines"].total)
+        # _entry, not steps[...]: a step that saw no document has no entry yet (finding 6 of issue 12).
+        stats._entry(_step_name(line_step))["removed_lines"] = int(line_step.stats["removed_lines"].total)
     quality = QualityFilter(config.quality)
     kept = []
     for doc in tqdm(docs, desc="quality", unit="doc"):
@@ -265,39 +269,19 @@ def run_stage3(config: CurateConfig, stage2: Path, out: Path, tokenizer=None) ->
         )
 
 
-def check_same_run(config: CurateConfig, files: list[str], root: Path) -> None:
-    """Resuming is only safe with the same recipe and inputs: record them in ``run.json`` on the first run and
-    refuse a rerun whose settings differ (its finished tasks would silently keep the old settings)."""
-    settings = dataclasses.asdict(config)
-    for key in ("output_dir", "workers", "executor"):  # where and how fast, not what
-        settings.pop(key)
-    current = {"inputs": files, "settings": settings}
-    path = root / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(current)):
-            changed = sorted(k for k in settings if previous["settings"].get(k) != json.loads(json.dumps(settings[k])))
-            if previous["inputs"] != files:
-                changed.insert(0, "inputs")
-            raise ValueError(
-                f"{root} holds a run with other settings ({', '.join(changed)}): a rerun there resumes that run. "
-                "Use another output_dir for the new settings, or delete the folder to start over."
-            )
-        return
-    _write_json(path, current)
-
-
 def curate(config: CurateConfig, tokenizer=None) -> dict:
     """Run (or resume) the whole pipeline; returns the report."""
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     files = list_input_files(config.reader.paths)
-    check_same_run(config, files, root)
+    check_curate_run(config, files)  # a rerun resumes only the same recipe on the same input contents
     run_stage1(config, files, root / FILTERED)
-    run_stage2(config, root / FILTERED, len(files), root / DEDUPED)
-    manifest = run_stage3(config, root / DEDUPED, root / SHARDS, tokenizer)
     stage1 = [json.loads((root / FILTERED / f"{i:05d}.stats.json").read_text()) for i in range(len(files))]
+    check_survivors("filter", sum(s["kept"] for s in stage1), [s["steps"] for s in stage1], str(root / FILTERED))
+    run_stage2(config, root / FILTERED, len(files), root / DEDUPED)
     stage2 = json.loads((root / DEDUPED / "stats.json").read_text())
+    check_survivors("dedup", stage2["kept"], [stage2["steps"]], str(root / DEDUPED / "stats.json"))
+    manifest = run_stage3(config, root / DEDUPED, root / SHARDS, tokenizer)
     final_docs = read_jsonl_gz(root / DEDUPED / "docs.jsonl.gz")
     report = build_report(stage1, stage2, manifest, final_docs, config.mix)
     write_report(report, root)

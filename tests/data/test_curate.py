@@ -110,7 +110,7 @@ def test_rerun_with_other_settings_is_refused(uninterrupted, capsys):
     out, _ = uninterrupted
     args = ["curate", "--config", str(RECIPE), "--set", f"output_dir={out}", "--set", f"reader.paths=[{SAMPLE}]"]
     assert cli_main([*args, "--set", "minhash.bands=20"]) == 2
-    assert "other settings (minhash)" in capsys.readouterr().err
+    assert "recipe.minhash.bands: 14 -> 20" in capsys.readouterr().err
 
 
 def test_bad_configs_exit_2_with_a_clear_message(tmp_path, capsys):
