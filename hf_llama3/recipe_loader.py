@@ -44,7 +44,7 @@ INT_LIMIT = 2**63 - 1
 _FLOAT_STRING = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 # Unknown-key messages list every valid key up to this many; beyond it, the closest ones and a pointer to --help.
 _LIST_ALL_KEYS = 40
-_BOUNDS = ("min", "max", "gt", "lt")
+_BOUNDS = ("min", "gt", "max", "lt")
 
 
 def bounds(help: str = "", *, allow_nonfinite: bool = False, **limits: float) -> dict[str, Any]:
