@@ -10,7 +10,8 @@ final validation loss, and then fits and plots the scaling law with ``evaluation
 The loop is deliberately single-process and plain (torch AdamW plus transformers' cosine-with-min-LR
 schedule): the runs at real budgets belong on a cluster through the pre-training engine, but the sweep
 logic, the bookkeeping and the fit are the same. ``results.jsonl`` is rewritten (atomically) after each
-finished run, so an interrupted sweep resumes where it stopped.
+finished run, so an interrupted sweep resumes where it stopped; ``fingerprint.json`` makes sure it resumes only
+points of the same settings and data (:mod:`training.isoflops_resume`).
 
 N counts the parameters that do per-token matrix-multiply FLOPs: everything except the input
 embedding table (a lookup, no FLOPs); the paper does not say which count it uses.
@@ -38,6 +39,8 @@ from evaluation.needle import default_corpus
 from evaluation.scaling_laws import FLOPS_PER_PARAM_TOKEN, SweepPoint
 from hf_llama3 import Llama3Config, Llama3ForCausalLM, load_tokenizer
 from hf_llama3.checkpoint_io import atomic_output_file
+from hf_llama3.run_fingerprint import check_fingerprint
+from training.isoflops_resume import FRESH, check_finished_points, sweep_fingerprint
 from training.post_cli import load_stage_config, stage_parser
 
 logger = logging.getLogger(__name__)
@@ -250,6 +253,13 @@ def run_sweep(config: IsoFLOPsConfig) -> Path:
     data = load_data(config)
     with torch.device("meta"):  # count parameters without allocating the models
         all_params = [compute_params(build_model(config, size, data[2])) for size in config.sizes]
+    # (budget, size) alone would resume points of another LR range, sequence length or data: refuse those.
+    check_fingerprint(output, sweep_fingerprint(config, data), what="IsoFLOPs sweep", fresh=FRESH)
+    lrs = {
+        json.dumps(s, sort_keys=True): peak_lr(n, all_params, config.peak_lr_range)
+        for s, n in zip(config.sizes, all_params)
+    }
+    check_finished_points(done, lrs, str(output))
     for budget in config.budgets:
         for size, n in zip(config.sizes, all_params):
             if (budget, json.dumps(size, sort_keys=True)) in finished:
