@@ -79,7 +79,12 @@ def refusal_reason(folder: PathLike, inputs: Iterable[PathLike] = ()) -> str | N
         return "it is a filesystem root"
     if os.path.ismount(resolved):
         return "it is a mount point"
-    protected = [("your home folder", Path.home()), ("the working directory", Path.cwd())]
+    protected = []
+    for what, where in (("your home folder", Path.home), ("the working directory", Path.cwd)):
+        try:
+            protected.append((what, where()))
+        except (RuntimeError, OSError):  # no HOME / no passwd entry; a deleted working directory
+            continue
     protected += [(f"the command's input {p}", Path(p)) for p in inputs]
     for what, path in protected:
         for inner in _forms(path):
