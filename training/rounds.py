@@ -13,8 +13,9 @@ The paper runs 6 rounds; each collects new preference and SFT data with the late
    previous policy, both judged by this round's reward model.
 
 Every step writes its artifact under ``output_dir/round_<r>/<step>`` atomically and then a ``DONE`` marker; a
-rerun skips finished steps, so a killed run resumes where it stopped. ``summary.json``, ``summary.md`` and
-``rounds.png`` hold the per-round reward and win rate.
+rerun skips finished steps, so a killed run resumes where it stopped; ``fingerprint.json`` makes sure it resumes only
+the same recipe and inputs, and a higher ``num_rounds`` continues a finished run (:mod:`training.rounds_fingerprint`).
+``summary.json``, ``summary.md`` and ``rounds.png`` hold the per-round reward and win rate.
 
     hf-llama3 rounds --config recipes/tiny/rounds.yaml
 """
@@ -152,6 +153,10 @@ class RoundsRunner:
         ]
 
     def run(self) -> list[dict[str, Any]]:
+        """Run every round not yet done; a rerun of another recipe or inputs in ``output_dir`` is refused first."""
+        from training.rounds_fingerprint import check_rounds_run
+
+        check_rounds_run(self.config)
         for r in range(self.config.num_rounds):
             self.run_round(r)
         return self.write_summary()
