@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.io import write_json
+from hf_llama3.cli_types import positive_int
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantized", required=True, help="its FP8 export (hf-llama3 quantize --fp8)")
     parser.add_argument("--prompts", required=True, help="JSONL: {'text'} or {'input_ids'} per line")
     parser.add_argument("--reward-model", help="reward-model folder for the score distributions")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32)
     parser.add_argument("--activations", choices=("fp8", "bf16"), default="fp8")
     parser.add_argument("--output", required=True, type=Path, help="report JSON")
     args = parser.parse_args(argv)

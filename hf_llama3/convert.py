@@ -34,6 +34,7 @@ from .checkpoint_io import (
     read_config_dict,
     read_state_dict,
 )
+from .cli_types import positive_int
 from .configuration_llama3 import LLAMA3_ROPE_PARAMETERS, Llama3Config
 from .model_card import write_model_card
 from .modeling_llama3 import Llama3ForCausalLM, Llama3ForSequenceClassification
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="source folder (ours, stock llama, or Meta consolidated.NN.pth + params.json)")
     parser.add_argument("dst", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--to", required=True, choices=[*FORMATS, *EXTERNAL_TARGETS], help="target format")
-    parser.add_argument("--num-shards", type=int, default=1, help="tensor-parallel shards for --to meta")
+    parser.add_argument("--num-shards", type=positive_int, default=1, help="tensor-parallel shards for --to meta")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file for HF outputs")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)

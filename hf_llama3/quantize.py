@@ -38,6 +38,7 @@ from .checkpoint_io import (
     read_config_dict,
     weight_files,
 )
+from .cli_types import positive_float, positive_int
 from .fp8 import ACTIVATION_SCALE_UB, fbgemm_quantization_config, fp8_module_names, quantize_rowwise
 from .memory import format_plan, memory_plan
 
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", nargs="?", help="bf16 Llama 3 folder (ours or stock llama)")
     parser.add_argument("dst", nargs="?", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--fp8", action="store_true", help="quantize SRC into DST (the only method: FP8 row-wise)")
-    parser.add_argument("--activation-scale-ub", type=float, default=ACTIVATION_SCALE_UB, help="[6.2]: 1200")
+    parser.add_argument("--activation-scale-ub", type=positive_float, default=ACTIVATION_SCALE_UB, help="[6.2]: 1200")
     parser.add_argument("--keep-dtype", action="store_true", help="keep unquantized tensors' dtype (default: bf16)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument(
@@ -300,15 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         "quality checks (KL, top-1, perplexity, reward scores) against SRC",
     )
     parser.add_argument("--reward-model", help="reward-model folder for the score-distribution check")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="response length for the reward check")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="response length for the reward check")
     memory = parser.add_argument_group("memory accounting")
     memory.add_argument("--memory", action="store_true", help="print weight + KV-cache bytes, bf16 vs FP8")
     memory.add_argument("--preset", help="model size for --memory without a folder (e.g. llama3-405b)")
     memory.add_argument("--config-from", help="folder whose config.json sizes --memory")
-    memory.add_argument("--batch", type=int, default=1, help="sequences in the KV cache")
-    memory.add_argument("--context", type=int, default=131072, help="tokens per sequence (128K by default)")
-    memory.add_argument("--gpus", type=int, default=8, help="GPUs in the node")
-    memory.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU, GB (1e9 bytes)")
+    memory.add_argument("--batch", type=positive_int, default=1, help="sequences in the KV cache")
+    memory.add_argument("--context", type=positive_int, default=131072, help="tokens per sequence (128K by default)")
+    memory.add_argument("--gpus", type=positive_int, default=8, help="GPUs in the node")
+    memory.add_argument("--gpu-memory-gb", type=positive_float, default=80.0, help="memory per GPU, GB (1e9 bytes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.fp8 and not args.memory:

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from hf_llama3.checkpoint_io import atomic_output_dir
+from hf_llama3.cli_types import finite_float
 from training.post_cli import load_stage_config, stage_parser
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--checkpoints", nargs="+", help="model folders to average")
     parser.add_argument("--output-dir", help="where to write the averaged model")
-    parser.add_argument("--weights", nargs="+", type=float, help="one weight per checkpoint (default: uniform)")
+    parser.add_argument("--weights", nargs="+", type=finite_float, help="one weight per checkpoint (default: uniform)")
     args = parser.parse_args(argv)
     config = load_stage_config(
         AveragingConfig,

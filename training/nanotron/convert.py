@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
 from hf_llama3.checkpoint_io import CheckpointError, atomic_output_dir, copy_companion_files
+from hf_llama3.cli_types import positive_int
 from hf_llama3.convert import _save_with_class, load_checkpoint, permute_for_hf_rotary, permute_for_meta_rotary
 
 logger = logging.getLogger(__name__)
@@ -327,8 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("direction", choices=["to", "from"], help="to: HF folder -> Nanotron; from: Nanotron -> HF")
     parser.add_argument("src")
     parser.add_argument("dst")
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel shards to write (to)")
-    parser.add_argument("--pp", type=int, default=1, help="pipeline ranks named in the file names (to)")
+    parser.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel shards to write (to)")
+    parser.add_argument("--pp", type=positive_int, default=1, help="pipeline ranks named in the file names (to)")
     parser.add_argument("--schema", choices=["0.4", "main"], default="main", help="Nanotron version targeted (to)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

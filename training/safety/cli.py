@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hf_llama3.cli_types import positive_int, unit_float
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,10 +58,12 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--config", type=Path, help="YAML recipe (GuardTrainConfig keys, TRL SFTConfig included)")
     parser.add_argument("--model", dest="model_name_or_path", help="checkpoint to fine-tune (ours or stock Llama)")
     parser.add_argument("--data", dest="dataset_path", help="labelled rows: messages, label, categories[, check]")
-    parser.add_argument("--synthetic", dest="synthetic_rows", type=int, help="build this many synthetic rows instead")
+    parser.add_argument(
+        "--synthetic", dest="synthetic_rows", type=positive_int, help="build this many synthetic rows instead"
+    )
     parser.add_argument("--categories", nargs="+", help="policy subset, e.g. S1 S9 S14 (default: all 14)")
     parser.add_argument("--output-dir", dest="output_dir", help="run folder; the guard is written to <dir>/final")
-    parser.add_argument("--max-steps", dest="max_steps", type=int)
+    parser.add_argument("--max-steps", dest="max_steps", type=positive_int)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     extra = {k: getattr(args, k) for k in ("model_name_or_path", "dataset_path", "synthetic_rows", "categories",
@@ -82,7 +86,7 @@ def _classify(argv: list[str]) -> int:
     source.add_argument("--input", help="rows with 'messages' (json/jsonl/parquet)")
     source.add_argument("--text", help="one user message to classify (input check)")
     parser.add_argument("--check", default="auto", choices=["input", "output", "auto"])
-    parser.add_argument("--threshold", type=float, help="P(unsafe) threshold (default: the guard's)")
+    parser.add_argument("--threshold", type=unit_float, help="P(unsafe) threshold (default: the guard's)")
     parser.add_argument("--output", help="write verdicts as jsonl here (default: print them)")
     args = parser.parse_args(argv)
     guard = _load_guard(args.model, args.threshold)
@@ -113,9 +117,9 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--model", required=True, help="guard folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="labelled rows: messages, label, categories[, check]")
-    source.add_argument("--synthetic", type=int, help="evaluate on this many synthetic rows (seed --seed)")
+    source.add_argument("--synthetic", type=positive_int, help="evaluate on this many synthetic rows (seed --seed)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
+    parser.add_argument("--threshold", type=unit_float, help="decision threshold (default: the guard's)")
     parser.add_argument("--output-dir", required=True, help="metrics.json and sweep.png go here")
     args = parser.parse_args(argv)
     guard = _load_guard(args.model, args.threshold)
@@ -160,7 +164,7 @@ def _chat_eval(argv: list[str]) -> int:
     parser.add_argument("--guard", required=True, help="guard folder used as the judge")
     parser.add_argument("--data", required=True, help="rows: kind (adversarial|borderline) and prompt")
     parser.add_argument("--system-filter", action="store_true", help="run the chat model behind the guard filter")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
     judge = SafetyFilter.from_pretrained(args.guard)

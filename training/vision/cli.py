@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hf_llama3.cli_types import positive_int
+
 from .build import add_init_arguments, run_init
 from .meta import add_convert_arguments, run_convert
 from .train import add_train_arguments, run_train
@@ -45,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=run_convert)
     make_data = sub.add_parser("make-data", help="write the synthetic shapes/colours/counts image-text set")
     make_data.add_argument("dst")
-    make_data.add_argument("--rows", type=int, default=512)
+    make_data.add_argument("--rows", type=positive_int, default=512)
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--overwrite", action="store_true")
     make_data.set_defaults(run=_run_make_data)
     caption_lm = sub.add_parser("caption-lm", help="a tiny text Llama 3 trained on the synthetic captions (demo)")
     caption_lm.add_argument("dst")
-    caption_lm.add_argument("--steps", type=int, default=80)
+    caption_lm.add_argument("--steps", type=positive_int, default=80)
     caption_lm.add_argument("--preset", default="tiny")
     caption_lm.add_argument("--seed", type=int, default=0)
     caption_lm.add_argument("--overwrite", action="store_true")

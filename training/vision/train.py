@@ -37,6 +37,7 @@ from PIL import Image
 from transformers import AutoProcessor, MllamaForConditionalGeneration, MllamaProcessor
 
 from hf_llama3.checkpoint_io import atomic_output_dir
+from hf_llama3.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
 
 from .build import text_parameter_names
 from .data import ImageTextRow, load_rows, synthetic_rows
@@ -235,10 +236,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="trained mllama folder (written atomically)")
     for name in ("data", "image_column", "text_column"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=defaults[name])
-    for name in ("synthetic_train_rows", "eval_rows", "steps", "batch_size", "warmup_steps", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
-    for name in ("learning_rate", "weight_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
+    counts = {"synthetic_train_rows": positive_int, "eval_rows": positive_int, "steps": positive_int}
+    counts |= {"batch_size": positive_int, "warmup_steps": non_negative_int, "seed": int}
+    for name, kind in counts.items():  # 0 or -3 refused at the command line, naming the flag
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=defaults[name])
+    for name, kind in (("learning_rate", positive_float), ("weight_decay", non_negative_float)):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=defaults[name])
     for name in ("freeze_encoder", "blind", "overwrite"):
         parser.add_argument(f"--{name.replace('_', '-')}", action="store_true")
 
