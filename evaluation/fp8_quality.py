@@ -245,10 +245,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from hf_llama3.cli_errors import run_entry_point
 
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:
-        print(f"fp8_quality: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    raise SystemExit(run_entry_point("fp8_quality", main))

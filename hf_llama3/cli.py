@@ -9,11 +9,10 @@ remaining argv and returns a process exit code.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 
-from hf_llama3.cli_errors import USER_ERRORS, CLIError, RankFailedError, describe_error
+from hf_llama3.cli_errors import USER_ERRORS, CLIError, run_entry_point
 
 __all__ = ["COMMANDS", "USER_ERRORS", "CLIError", "main"]
 
@@ -89,24 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"hf-llama3: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    try:
-        return int(_resolve(COMMANDS[name][0])(rest) or 0)
-    except KeyboardInterrupt:
-        # An interrupt is the user's choice, not an error: one line and the shell's status for SIGINT.
-        print(f"hf-llama3 {name}: interrupted", file=sys.stderr)
-        return 130
-    except BaseException as err:  # DCP's CheckpointException derives from BaseException
-        # Anticipated errors (bad input, OSError, damaged files, failed ranks) become one line; anything else is a
-        # bug and keeps its traceback. HF_LLAMA3_DEBUG=1 keeps the traceback for every error.
-        message = describe_error(err)
-        if message is None:
-            raise
-        if os.environ.get("HF_LLAMA3_DEBUG"):
-            if isinstance(err, RankFailedError) and err.traceback_text:
-                print(err.traceback_text, file=sys.stderr)
-            raise
-        print(f"hf-llama3 {name}: error: {message}", file=sys.stderr)
-        return 2
+    return run_entry_point(f"hf-llama3 {name}", lambda: _resolve(COMMANDS[name][0])(rest))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub.errors import StrictDataclassError
@@ -150,3 +151,28 @@ def describe_error(err: BaseException) -> str | None:
     if isinstance(err, TypeError) and _is_config_type_error(err):
         return f"invalid configuration: {one_line(err)}"
     return None
+
+
+def run_entry_point(prog: str, run: Callable[[], int | None]) -> int:
+    """Run a command and turn what it raises into the exit status and stderr line the user should see.
+
+    Used by ``hf-llama3`` and by the modules that ``torchrun -m`` starts directly (each rank then prints its own
+    line). Anticipated errors become ``<prog>: error: <one line>`` and status 2; anything else is a bug and keeps its
+    traceback. ``HF_LLAMA3_DEBUG=1`` keeps the traceback for every error.
+    """
+    try:
+        return int(run() or 0)
+    except KeyboardInterrupt:
+        # An interrupt is the user's choice, not an error: one line and the shell's status for SIGINT.
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        message = describe_error(err)
+        if message is None:
+            raise
+        if os.environ.get("HF_LLAMA3_DEBUG"):
+            if isinstance(err, RankFailedError) and err.traceback_text:
+                print(err.traceback_text, file=sys.stderr)  # the failing rank's own stack
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2

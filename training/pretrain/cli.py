@@ -28,7 +28,7 @@ import torch.distributed as dist
 import yaml
 
 from hf_llama3.checkpoint_io import install_output_dir
-from hf_llama3.cli import USER_ERRORS
+from hf_llama3.cli_errors import run_entry_point
 from hf_llama3.model_card import write_model_card
 from hf_llama3.recipe_loader import load_recipe
 from training.parallel.checkpoint import export_hf, latest_checkpoint
@@ -200,9 +200,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except USER_ERRORS as error:  # one line per rank, as `hf-llama3` prints it, instead of a traceback
-        print(f"training.pretrain.cli: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+if __name__ == "__main__":  # under torchrun: one line per failing rank, as `hf-llama3` prints it, not a traceback
+    raise SystemExit(run_entry_point(f"training.pretrain.cli (rank {os.environ.get('RANK', 0)})", main))
