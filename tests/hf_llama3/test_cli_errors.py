@@ -7,6 +7,7 @@ dataclass), from inside a stand-in command the dispatcher runs exactly as it run
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 import subprocess
 import sys
@@ -215,3 +216,19 @@ def test_error_in_a_spawned_rank_is_one_line_naming_the_rank():
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert lines[0] == "hf-llama3 boom: error: rank 1 failed: ValueError: shard 7 has 3 tokens, the batch needs 8"
+
+
+def test_a_rank_started_by_torchrun_prints_one_line_naming_itself(tmp_path):
+    """``torchrun -m training.pretrain.cli``: each failing rank prints the line `hf-llama3` would, with its rank."""
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
+    missing = tmp_path / "missing.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "training.pretrain.cli", "--config", str(missing)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("training.pretrain.cli (rank 1): error: ") and str(missing) in lines[0]
