@@ -8,13 +8,16 @@ traceback: an unanticipated error is a bug, and its stack is what a bug report n
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -153,6 +156,25 @@ def describe_error(err: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _one_line_argparse_errors() -> Iterator[None]:
+    """argparse prints a usage block above its error; keep the error line alone and point at ``--help`` instead.
+
+    Every command builds its own ``ArgumentParser``, so the method is swapped on the class for the duration of one
+    command (and restored), rather than asking each of them to subclass.
+    """
+    original = argparse.ArgumentParser.error
+
+    def error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
 def run_entry_point(prog: str, run: Callable[[], int | None]) -> int:
     """Run a command and turn what it raises into the exit status and stderr line the user should see.
 
@@ -161,7 +183,8 @@ def run_entry_point(prog: str, run: Callable[[], int | None]) -> int:
     traceback. ``HF_LLAMA3_DEBUG=1`` keeps the traceback for every error.
     """
     try:
-        return int(run() or 0)
+        with _one_line_argparse_errors():
+            return int(run() or 0)
     except KeyboardInterrupt:
         # An interrupt is the user's choice, not an error: one line and the shell's status for SIGINT.
         print(f"{prog}: interrupted", file=sys.stderr)

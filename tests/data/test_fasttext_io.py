@@ -44,8 +44,9 @@ def _train_args(inputs, output) -> list[str]:
 
 def _error(capsys) -> str:
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def test_a_written_model_passes_the_check_and_loads(model_path):

@@ -14,10 +14,11 @@ from hf_llama3.cli import main as cli_main
 
 
 def _error(capsys) -> str:
-    """The stderr of the last command: no traceback, and the message on its last line."""
+    """The stderr of the last command: one line, no traceback."""
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -29,9 +30,10 @@ def test_forecast_refuses_non_finite_or_non_positive_numbers(capsys, flag, value
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["scaling-law", "forecast", *[f"{key}={item}" for key, item in args.items()]])  # "-inf" as a value
     assert exit_info.value.code == 2
-    line = _error(capsys)
-    assert f"argument {flag}" in line and value in line
-    assert capsys.readouterr().out == ""  # no NaN printed as JSON
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no NaN printed as JSON
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and f"argument {flag}" in lines[0] and value in lines[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
