@@ -118,3 +118,15 @@ def test_epochs_must_be_a_positive_integer(inputs, tmp_path, capsys, epochs):
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         train_fasttext_classifier(["a b c"], ["d e f"], tmp_path / "q.bin", epochs=0)
     assert not (tmp_path / "q.bin").exists()
+
+
+def test_curate_refuses_a_truncated_quality_model_before_reading(model_path, tmp_path, capsys):
+    """The recipe's ``quality.fasttext_model`` cut short: one line naming it, and no output folder created."""
+    damaged = tmp_path / "quality.bin"
+    damaged.write_bytes(model_path.read_bytes()[:5000])
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "data" / "sample.yaml"
+    args = ["curate", "--config", str(recipe), "--set", f"quality.fasttext_model={damaged}"]
+    assert cli_main([*args, "--set", f"output_dir={tmp_path / 'out'}"]) == 2
+    line = _error(capsys)
+    assert f"{damaged} is truncated" in line
+    assert not (tmp_path / "out").exists()
