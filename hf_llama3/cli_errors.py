@@ -16,7 +16,6 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import NoReturn
 
 from huggingface_hub.errors import StrictDataclassError
@@ -88,8 +87,9 @@ def _is_config_type_error(err: TypeError) -> bool:
     if not frames:
         return False
     last = frames[-1]
-    # Raised inside a config's validation (``__post_init__`` compares a YAML string with a number, say).
-    return last.name in {"__post_init__", "__init__"} or "config" in Path(last.filename).name
+    # Raised inside a config's validation (``__post_init__`` compares a YAML string with a number, say) or in a
+    # dataclass's generated ``__init__`` (file "<string>"). A TypeError anywhere else is a bug: keep its traceback.
+    return last.name == "__post_init__" or (last.name == "__init__" and last.filename == "<string>")
 
 
 def _safetensors_file(err: BaseException) -> str | None:
