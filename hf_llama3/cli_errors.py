@@ -48,8 +48,11 @@ _OS_HINTS = {
     errno.ENOTDIR: "a part of this path is a file where a folder is expected",
 }
 
-# Config construction: a dataclass called with keys it does not have, or without a required one.
-_CONSTRUCTOR_TYPE_ERROR = re.compile(r"__init__\(\) (got an unexpected keyword|missing \d+ required|takes \d+)")
+# Config construction: a config class (``...Config``, ``...Recipe``, ``...Arguments``) called with keys it does not
+# have, or without a required one: what a recipe's keys do when they reach the constructor unchecked.
+_CONSTRUCTOR_TYPE_ERROR = re.compile(
+    r"(Config|Recipe|Arguments)\w*\.__init__\(\) (got an unexpected keyword|missing \d+ required)"
+)
 
 
 def one_line(text: str) -> str:

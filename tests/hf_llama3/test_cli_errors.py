@@ -181,6 +181,13 @@ def test_unanticipated_errors_keep_their_traceback(run_raising):
     with pytest.raises(TypeError):  # a TypeError outside config construction is a bug
         run_raising(lambda: len(5))
 
+    class Helper:
+        def __init__(self) -> None:
+            pass
+
+    with pytest.raises(TypeError):  # a wrong call of a class that is not a config is a bug too
+        run_raising(lambda: Helper(steps=1))
+
 
 def test_debug_env_keeps_the_traceback(run_raising, monkeypatch):
     monkeypatch.setenv("HF_LLAMA3_DEBUG", "1")
