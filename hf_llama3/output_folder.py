@@ -5,6 +5,7 @@ command's own output. "Created by this project" is recorded by a marker file, :d
 folder when a command creates it (a small JSON: the command and the time). Even a marked folder is refused when it
 is, or contains, the command's own inputs, the working directory, the home folder, a filesystem root or a mount
 point: those are never an output to throw away, whatever a marker says (a marker can be copied along with a folder).
+An empty folder (no marker needed) may be replaced: nothing is lost.
 
 Refusals are :class:`OutputFolderError` (a ``ValueError``): the CLI prints them as one line and exits with 2.
 """
@@ -64,7 +65,7 @@ def _forms(path: PathLike) -> tuple[Path, Path]:
 
 
 def refusal_reason(folder: PathLike, inputs: Iterable[PathLike] = ()) -> str | None:
-    """Why the existing ``folder`` must not be deleted, or ``None`` if it is this project's own output.
+    """Why the existing ``folder`` must not be deleted, or ``None`` if it is this project's own output (or empty).
 
     Protected folders (roots, mount points, home, working directory, the inputs and their ancestors) are checked
     before the marker, so the message names the real danger.
@@ -91,7 +92,8 @@ def refusal_reason(folder: PathLike, inputs: Iterable[PathLike] = ()) -> str | N
             for outer in (spelled, resolved):
                 if _inside(inner, outer):
                     return f"it is {what}" if inner == outer else f"it contains {what}"
-    if not is_marked(folder):
+    # An empty folder holds nothing to lose (a step runner may create the folder its writer then fills).
+    if not is_marked(folder) and any(folder.iterdir()):
         return f"it was not created by hf-llama3 (no {MARKER_NAME} marker inside)"
     return None
 

@@ -201,6 +201,10 @@ def test_roots_and_mount_points_are_never_replaceable(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputFolderError, match="is a file"):
         check_replaceable(tmp_path / "file")
+    # An empty folder holds nothing to lose (a step runner creates the folder its writer fills), unless protected.
+    (tmp_path / "empty").mkdir()
+    assert refusal_reason(tmp_path / "empty") is None
+    assert refusal_reason(tmp_path / "empty", inputs=[tmp_path / "empty"]) is not None
     # An existing folder is used, never marked: marking it would later let --clean delete it.
     (tmp_path / "users").mkdir()
     create_output_dir(tmp_path / "users")
