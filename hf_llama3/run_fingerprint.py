@@ -150,7 +150,9 @@ def read_fingerprint(folder: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); move it away and rerun to record this run anew.") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); move it away and rerun to record this run anew."
+        ) from None
 
 
 def check_fingerprint(
