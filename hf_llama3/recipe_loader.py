@@ -14,6 +14,8 @@ one error surface: each problem is a one-line ``ValueError`` naming the file and
 - Fields declare help text and bounds in their metadata: ``field(default=8, metadata={"help": "...", "min": 1})``
   (``min``/``max`` inclusive, ``gt``/``lt`` exclusive); :func:`bounds` writes that metadata. Fields a config inherits
   and cannot annotate (a TRL trainer's ``learning_rate``) take bounds from a ``RECIPE_CONSTRAINTS`` class attribute.
+- A dict field may name a dataclass as its ``schema`` (metadata): its keys and values are checked like that class's
+  fields while the value stays a dict (for sections the code builds into objects itself).
 - :func:`describe` lists every key (dotted path, type, default, help), which the stage parsers show in ``--help``.
 
 Only yaml, dataclasses and typing here: ``hf_llama3`` must import nothing from ``training``/``data``/``evaluation``.
@@ -257,6 +259,8 @@ class _Builder:
         if origin in (dict, Mapping, typing.Mapping) or hint in (dict, Mapping):
             if not isinstance(value, Mapping):
                 raise self.error(where, f"expected a mapping, got {_show(value)}")
+            if meta.get("schema") is not None:
+                return self.schema_mapping(resolve_schema(meta["schema"]), value, where)
             key_type, item_type = args if len(args) == 2 else (Any, Any)
             return {
                 self.value(k, key_type, where, {}): self.value(v, item_type, _join(where, str(k)), meta)
@@ -267,6 +271,25 @@ class _Builder:
                 return value
             raise self.error(where, f"expected {hint.__name__}, got {_show(value)}")
         return value  # an annotation this loader does not know (a string forward reference): the config checks it
+
+    def schema_mapping(self, cls: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """A mapping kept as a dict but checked like dataclass ``cls`` (keys, types, bounds), not built: for sections
+        the code turns into ``cls(**values)`` itself later (``optimizer: {lr: ...}`` -> ``OptimizerConfig``)."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = [key for key in values if key not in fields]
+        if unknown:
+            raise self.error("", _unknown_message(unknown, sorted(fields), where))
+        hints = _hints(cls)
+        checked = {}
+        for name, value in values.items():
+            hint, path = hints.get(name, Any), _join(where, name)
+            if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+                checked[name] = self.schema_mapping(hint, value, path)
+            else:
+                checked[name] = self.value(value, hint, path, field_meta(cls, fields[name]))
+            if isinstance(checked[name], tuple) and isinstance(value, list):
+                checked[name] = value  # stays YAML-shaped: the dict is dumped back into run records and model cards
+        return checked
 
     def union(self, value: Any, members: tuple, where: str, meta: Mapping[str, Any]) -> Any:
         if value is None:
@@ -320,6 +343,17 @@ def field_meta(cls: type, f: dataclasses.Field) -> dict[str, Any]:
     for klass in reversed(cls.__mro__):
         meta.update(klass.__dict__.get("RECIPE_CONSTRAINTS", {}).get(f.name, {}))
     return {**meta, **f.metadata}
+
+
+def resolve_schema(schema: type | str) -> type:
+    """A ``schema`` metadata entry: a dataclass, or ``"module:Class"`` imported when a recipe sets that section (so a
+    config can check a section against a heavy class without importing it up front)."""
+    if isinstance(schema, str):
+        import importlib
+
+        module, _, name = schema.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return schema
 
 
 def _join(where: str, key: str) -> str:
@@ -388,10 +422,17 @@ def config_keys(cls: type, where: str = "") -> list[tuple[str, str, str, str]]:
             default = "(section)" if dataclasses.is_dataclass(hint) else repr(f.default_factory())
         else:
             default = "(required)"
-        rows.append((path, _type_name(hint), default, help_text))
+        schema = meta.get("schema")
+        type_name = _type_name(hint)
+        if schema is not None:
+            schema_name = schema.rpartition(":")[2] if isinstance(schema, str) else schema.__name__
+            type_name = f"mapping of {schema_name} keys" + (" or null" if "null" in type_name else "")
+        rows.append((path, type_name, default, help_text))
         section = [a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)]
         if section:
             rows += config_keys(section[0], path)
+        elif isinstance(schema, type):  # a string schema is a heavy class (a trainer's 150 keys): named, not listed
+            rows += config_keys(schema, path)
     return rows
 
 

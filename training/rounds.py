@@ -74,10 +74,14 @@ class RoundsConfig:
     dpo_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     kept_strengths: list[str] = dataclasses.field(default_factory=lambda: ["significantly better", "better"])
     eval_max_new_tokens: int = 64
-    reward: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rejection_sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
-    sft: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dpo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reward: dict[str, Any] = dataclasses.field(
+        default_factory=dict, metadata={"schema": "training.reward:Llama3RewardConfig"}
+    )
+    rejection_sampling: dict[str, Any] = dataclasses.field(
+        default_factory=dict, metadata={"schema": "training.rejection_sampling:RejectionSamplingConfig"}
+    )
+    sft: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"schema": "training.sft:Llama3SFTConfig"})
+    dpo: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"schema": "training.dpo:Llama3DPOConfig"})
 
     # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
     RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {

@@ -42,6 +42,7 @@ class Outer:
     sizes: list[int] = dataclasses.field(default_factory=list)
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
     either: int | str = 0
+    section: dict | None = dataclasses.field(default=None, metadata={"schema": Inner})
 
     RECIPE_CONSTRAINTS: ClassVar[dict] = {"steps": {"min": 1}, "sizes": {"min": 1}}
 
@@ -102,10 +103,21 @@ def test_values_are_checked_and_converted_by_annotation():
         ({"name": "x", "either": [1]}, "either: expected int or str, got [1] (list)"),
         ({"name": "x", "lr": None}, "lr: expected a number, got null"),
         ({}, "missing required key(s) ['name'] for Outer"),
+        ({"name": "x", "section": {"depth": 0}}, "section.depth: must be >= 1, got 0"),
+        (
+            {"name": "x", "section": {"deep": 1}},
+            "unknown key(s) ['section.deep']. Valid keys of section: depth, ratio.",
+        ),
     ],
 )
 def test_errors_name_the_key_path_in_one_line(values, message):
     assert message in _error(values)
+
+
+def test_a_schema_checked_mapping_stays_a_dict():
+    config = build(Outer, {"name": "x", "section": {"depth": 3}})
+    assert config.section == {"depth": 3}
+    assert "  section.depth (int, default 2)" in describe(Outer)
 
 
 def test_yaml_errors_overrides_and_extra_flags(tmp_path):

@@ -57,8 +57,8 @@ class NanotronRecipe:
 
     model: str = "tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
-    parallel: dict = dataclasses.field(default_factory=dict)
-    optimizer: dict = dataclasses.field(default_factory=dict)
+    parallel: dict = dataclasses.field(default_factory=dict, metadata={"schema": ParallelDims})
+    optimizer: dict = dataclasses.field(default_factory=dict, metadata={"schema": OptimizerConfig})
     seed: int = 0
     batch_size: int = 8
     seq_len: int = 64

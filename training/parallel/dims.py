@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from typing import ClassVar
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -47,6 +48,12 @@ class ParallelDims:
     pp_virtual_stages: int = 1
     pp_microbatches: int | None = None
     pp_balance: bool = True
+
+    # Bounds the shared recipe loader (hf_llama3.recipe_loader) checks when a recipe's `parallel:` is loaded.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        name: {"min": 1}
+        for name in ("dp_replicate", "dp_shard", "cp", "tp", "pp", "pp_virtual_stages", "pp_microbatches")
+    }
 
     def __post_init__(self) -> None:
         if self.pp_microbatches is None:

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,18 @@ class OptimizerConfig:
     decay_steps: int = 0
     min_lr_ratio: float = 0.01
     max_grad_norm: float = 1.0
+
+    # Bounds the shared recipe loader (hf_llama3.recipe_loader) checks when a recipe's `optimizer:` is loaded.
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
+        "lr": {"gt": 0},
+        "betas": {"min": 0, "lt": 1},
+        "eps": {"gt": 0},
+        "weight_decay": {"min": 0},
+        "warmup_steps": {"min": 0},
+        "decay_steps": {"min": 0},
+        "min_lr_ratio": {"min": 0, "max": 1},
+        "max_grad_norm": {"min": 0},
+    }
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

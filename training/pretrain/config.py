@@ -15,7 +15,7 @@ from typing import Any
 from hf_llama3 import Llama3Config
 from hf_llama3.recipe_loader import bounds, build
 from training.parallel.dims import ParallelDims
-from training.parallel.engine import EngineConfig, OptimizerConfig
+from training.parallel.engine import EngineConfig, FSDPConfig, OptimizerConfig
 
 REPORT_TO = ("jsonl", "tensorboard")
 GATE_FAIL_ACTIONS = ("continue", "stop")
@@ -150,7 +150,7 @@ class LongContextConfig:
     needle_trials: int = dataclasses.field(default=1, metadata=bounds(min=1))
     needle_min_score: float = dataclasses.field(default=1.0, metadata=bounds(min=0, max=1))
     on_gate_fail: str = "continue"
-    parallel: dict | None = None
+    parallel: dict | None = dataclasses.field(default=None, metadata={"schema": ParallelDims})
 
     def __post_init__(self) -> None:
         self.seq_lens = [int(n) for n in self.seq_lens]
@@ -195,7 +195,7 @@ class AnnealConfig:
     weights: dict[str, float] = dataclasses.field(metadata=bounds(min=0))
     average_every: int = dataclasses.field(default=1, metadata=bounds(min=1))
     average_last: int = dataclasses.field(default=0, metadata=bounds(min=0))
-    parallel: dict | None = None
+    parallel: dict | None = dataclasses.field(default=None, metadata={"schema": ParallelDims})
 
     def __post_init__(self) -> None:
         RampPoint(0, self.batch_tokens, self.seq_len)
@@ -290,9 +290,9 @@ class PretrainRecipe:
     long_context: LongContextConfig | None = None
     model: str = "tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
-    parallel: dict = dataclasses.field(default_factory=dict)
-    fsdp: dict = dataclasses.field(default_factory=dict)
-    optimizer: dict = dataclasses.field(default_factory=dict)
+    parallel: dict = dataclasses.field(default_factory=dict, metadata={"schema": ParallelDims})
+    fsdp: dict = dataclasses.field(default_factory=dict, metadata={"schema": FSDPConfig})
+    optimizer: dict = dataclasses.field(default_factory=dict, metadata={"schema": OptimizerConfig})
     activation_checkpointing: bool = False
     compile: bool = False
     seed: int = dataclasses.field(default=0, metadata=bounds(min=0))
