@@ -90,8 +90,9 @@ def typed_keys(cls: type, where: str = "") -> list[tuple[str, type, bool, dict]]
             continue
         path, hint = f"{where}.{f.name}" if where else f.name, hints[f.name]
         sections = [a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)]
-        if sections:
-            rows += typed_keys(sections[0], path)
+        schema = f.metadata.get("schema")  # a dict section checked against a dataclass (pretrain's `optimizer:`)
+        if sections or isinstance(schema, type):
+            rows += typed_keys(sections[0] if sections else schema, path)
             continue
         kind, optional = _scalar(hint)
         if kind is not None:
