@@ -188,7 +188,8 @@ class _Builder:
             if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         if missing:
-            raise self.error("", f"missing required key(s) {missing} for {cls.__name__}")
+            how = "pass --config with a YAML recipe" if self.source == "command line" else "add them to the recipe"
+            raise self.error("", f"missing required key(s) {missing} for {cls.__name__}: {how} or use --set KEY=VALUE")
         try:
             return cls(**kwargs)
         except TypeError as err:  # a __post_init__ comparing types the annotations allow; still the user's input
