@@ -51,16 +51,24 @@ def test_adapter_reads_the_image_and_text_weights_stay_bit_identical(caption_mod
     text, vision = caption_models
     held_out = synthetic_rows(48, EVAL_SEED)
     baseline = text_caption_loss(Llama3ForCausalLM.from_pretrained(text), load_tokenizer(text), held_out)
+    # The tiny encoder here is random, not pre-trained as the paper's [7.2]: training it from scratch together with
+    # the adapter makes the outcome depend on the seed and the thread count (held-out 0.54 / 0.84 / 1.07 over three
+    # seeds, the last never opening the image path). Frozen, it is a fixed random-feature extractor and the adapter
+    # reads it on every seed tried: 0.76 / 0.89 / 0.76 against text-only 1.09 / 1.14 / 1.12 (seeds 0 / 1 / 2).
     config = VisionTrainConfig(
-        model=str(vision), output=str(tmp_path / "trained"), steps=400, batch_size=16, learning_rate=3e-3, eval_rows=48
+        model=str(vision),
+        output=str(tmp_path / "trained"),
+        steps=400,
+        batch_size=16,
+        learning_rate=3e-3,
+        eval_rows=48,
+        freeze_encoder=True,
     )
     metrics = train_vision_adapter(config)
     print(f"text-only baseline {baseline:.3f} | {json.dumps(metrics)}")
     assert metrics["text_weights_bit_identical"]
     assert metrics["eval_loss_text_only"] == pytest.approx(metrics["eval_loss_text_only_at_start"], abs=0)
-    # Measured with this setup: 0.79 with the images vs 1.08 text-only and 1.15 with mismatched images (the same
-    # adapter trained on blank images, `--blind`, ends at 1.05). The image path opens late (after ~120 steps, once
-    # the new layers have learned the caption prior), so shorter runs show little.
+    # Measured with this setup (seed 0): 0.76 with the images vs 1.09 text-only and 1.23 with mismatched images.
     assert metrics["eval_loss_with_images"] < baseline - 0.2
     assert metrics["eval_loss_with_images"] < metrics["eval_loss_mismatched_images"] - 0.2
     _assert_text_weights_equal(text, tmp_path / "trained")
