@@ -33,6 +33,27 @@ class RankFailedError(CLIError):
         self.rank, self.error_type, self.message, self.traceback_text = rank, error_type, message, traceback_text
 
 
+class RankKilledError(CLIError):
+    """A spawned rank died without raising (killed by a signal, or exited on its own): it could record nothing.
+
+    SIGKILL is what the kernel's out-of-memory killer sends, so the line says so; rerunning the same command resumes
+    from the last checkpoint.
+    """
+
+    def __init__(self, rank: int, signal_name: str | None = None, exit_code: int | None = None) -> None:
+        if signal_name:
+            how = f"was killed by signal {signal_name}"
+            if signal_name == "SIGKILL":
+                how += " (out of memory? the kernel's OOM killer sends SIGKILL; see `dmesg`)"
+        else:
+            how = f"exited with status {exit_code} without reporting an error"
+        super().__init__(
+            f"rank {rank} {how}; the other ranks were stopped: rerun the same command to resume "
+            "from the last checkpoint."
+        )
+        self.rank, self.signal_name, self.exit_code = rank, signal_name, exit_code
+
+
 # Errors whose message is already written for the user (bad config, bad checkpoint, bad dataset).
 USER_ERRORS = (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, StrictDataclassError)
 

@@ -197,6 +197,7 @@ def main(argv: list[str]) -> int:
         load_stage_config,
         load_stage_tokenizer,
         lora_config,
+        run_stage,
         stage_parser,
     )
 
@@ -204,15 +205,17 @@ def main(argv: list[str]) -> int:
         "dpo", "DPO with formatting-token masking and an NLL term (paper 4.1.4).", Llama3DPOConfig
     ).parse_args(argv)
     config = load_stage_config(Llama3DPOConfig, args)
-    tokenizer = load_stage_tokenizer(config)
-    trainer = Llama3DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(config.model_name_or_path),
-        args=config,
-        train_dataset=mix_from_config(load_rows(config.dataset_path), config, seed=config.seed),
-        eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(config, "CAUSAL_LM"),
-    )
-    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
-    export_model(trainer, f"{config.output_dir}/final")
-    return 0
+
+    def train() -> None:
+        trainer = Llama3DPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(config.model_name_or_path),
+            args=config,
+            train_dataset=mix_from_config(load_rows(config.dataset_path), config, seed=config.seed),
+            eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
+            processing_class=load_stage_tokenizer(config),
+            peft_config=lora_config(config, "CAUSAL_LM"),
+        )
+        trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
+        export_model(trainer, f"{config.output_dir}/final")
+
+    return run_stage("dpo", config, train)

@@ -5,13 +5,17 @@ stage's config dataclass, ``--set`` overrides single fields (values parsed as YA
 float and ``--set 'weights=[1, 2]'`` a list), and unknown keys are rejected with the list of valid ones.
 The loading itself is the project's one recipe loader (:mod:`hf_llama3.recipe_loader`); the functions here are
 the names the stages have always called.
+
+A stage run (:func:`run_stage`) holds its ``output_dir``'s lock for the whole run and records a run fingerprint there
+(:mod:`hf_llama3.run_fingerprint`): a rerun resumes TRL's last ``checkpoint-N`` only for the same recipe, model and
+data, and a finished stage (``final/`` written) is never retrained.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -193,3 +197,131 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+# Where and how a stage runs, not what it trains: changing these keeps the run the same run (exact names, then
+# prefixes). Evaluation settings are here too: they never change the trained weights.
+STAGE_HOW_KEYS = frozenset(
+    {
+        "output_dir",
+        "report_to",
+        "run_name",
+        "project",
+        "disable_tqdm",
+        "local_rank",
+        "resume_from_checkpoint",
+        "push_to_hub",
+        "overwrite_output_dir",
+        "do_train",
+        "do_eval",
+        "do_predict",
+        "skip_memory_metrics",
+        "use_cpu",
+        "ddp_timeout",
+        "ddp_backend",
+        "dataset_num_proc",
+        "per_device_eval_batch_size",
+        "prediction_loss_only",
+        "batch_eval_metrics",
+        "include_num_input_tokens_seen",
+        "enable_jit_checkpoint",
+        "restore_callback_states_from_checkpoint",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_multiprocessing_context",
+    }
+)
+STAGE_HOW_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_")
+# Config fields naming files or folders the stage reads: their content identity is part of the fingerprint.
+STAGE_INPUT_SUFFIXES = ("_name_or_path", "_dataset_path", "_dataset_paths", "chat_template_path")
+
+
+def _is_how_key(key: str) -> bool:
+    return key in STAGE_HOW_KEYS or key.startswith(STAGE_HOW_PREFIXES)
+
+
+def stage_input_paths(config: Any) -> list[str]:
+    """The model, tokenizer, dataset and chat-template paths a stage config names (evaluation data excepted)."""
+    paths: list[str] = []
+    for field in dataclasses.fields(config):
+        if _is_how_key(field.name) or not (field.name == "dataset_path" or field.name.endswith(STAGE_INPUT_SUFFIXES)):
+            continue
+        value = getattr(config, field.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)) and str(item):
+                paths.append(str(item))
+    return sorted(set(paths))
+
+
+def stage_fingerprint(stage: str, config: Any) -> dict[str, Any]:
+    """The stage, its recipe without the where-and-how keys, and its inputs' content identity (JSON-able)."""
+    from hf_llama3.run_fingerprint import inputs_identity, make_fingerprint
+
+    settings = {k: v for k, v in config.to_dict().items() if not _is_how_key(k)}
+    inputs = {}
+    for path in stage_input_paths(config):  # one entry per path the recipe names: a model folder is one input
+        files = inputs_identity([path])
+        if Path(path).is_dir():
+            inputs[path] = {str(Path(file).relative_to(path)): identity for file, identity in files.items()}
+        else:
+            inputs[path] = next(iter(files.values()))
+    return make_fingerprint({"stage": stage, **settings}, inputs)
+
+
+def check_stage_run(stage: str, config: Any) -> Path | None:
+    """Refuse to resume another recipe's, model's or dataset's run in ``config.output_dir``; record it at first start.
+
+    TRL resumes from the newest ``checkpoint-N`` in ``output_dir``, so a rerun there must be the very run that wrote
+    it. Returns the ``final/`` export when the folder holds this run, already finished (nothing to train); a finished
+    run is never extended (more steps or epochs are a changed recipe, refused like any other change).
+    """
+    from hf_llama3.run_fingerprint import check_fingerprint
+
+    output_dir = Path(config.output_dir)
+    final = output_dir / "final"
+    finished = final.is_dir()
+    if finished:
+        fresh = (
+            f"that run is finished (export in {final}) and a finished run is never extended: to train with these "
+            "settings (e.g. more steps or epochs), set another output_dir (--set output_dir=...)"
+        )
+    else:
+        fresh = "to start afresh with these settings, set another output_dir (--set output_dir=...)"
+    check_fingerprint(output_dir, stage_fingerprint(stage, config), what=f"{stage} run", fresh=fresh)
+    return final if finished else None
+
+
+def is_launcher_process() -> bool:
+    """Whether this process takes a run's locks: global rank 0 under torchrun/accelerate, or a plain process."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def run_stage(stage: str, config: Any, train: Callable[[], Any]) -> int:
+    """Run one post-training stage into ``config.output_dir``: locked, fingerprinted, resumed, never re-finished.
+
+    The whole output folder is locked for the run (rank 0 only: one lock per run), so a second run into it is
+    refused at once; a rerun of another recipe or inputs is refused before anything loads; a finished run says so
+    and returns 0 with ``final/`` untouched; otherwise ``train()`` runs (it resumes from :func:`last_checkpoint`).
+    """
+    import contextlib
+    import sys
+
+    from hf_llama3.output_lock import output_lock
+
+    lock = output_lock(config.output_dir) if is_launcher_process() else contextlib.nullcontext()
+    with lock:
+        final = check_stage_run(stage, config)
+        if final is not None:
+            if is_launcher_process():
+                print(
+                    f"{config.output_dir} holds this {stage} run, already finished: nothing to train "
+                    f"(export in {final}).",
+                    file=sys.stderr,
+                )
+            return 0
+        train()
+    return 0

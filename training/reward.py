@@ -382,23 +382,27 @@ def main(argv: list[str]) -> int:
         load_stage_config,
         load_stage_tokenizer,
         lora_config,
+        run_stage,
         stage_parser,
     )
 
     parser = stage_parser("reward", "Train a reward model on ranked responses (paper 4.1.2).", Llama3RewardConfig)
     args = parser.parse_args(argv)
     config = load_stage_config(Llama3RewardConfig, args)
-    tokenizer = load_stage_tokenizer(config)
-    model = AutoModelForSequenceClassification.from_pretrained(config.model_name_or_path, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    trainer = Llama3RewardTrainer(
-        model=model,
-        args=config,
-        train_dataset=load_rows(config.dataset_path),
-        eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(config, "SEQ_CLS"),
-    )
-    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
-    export_model(trainer, f"{config.output_dir}/final")
-    return 0
+
+    def train() -> None:
+        tokenizer = load_stage_tokenizer(config)
+        model = AutoModelForSequenceClassification.from_pretrained(config.model_name_or_path, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        trainer = Llama3RewardTrainer(
+            model=model,
+            args=config,
+            train_dataset=load_rows(config.dataset_path),
+            eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
+            processing_class=tokenizer,
+            peft_config=lora_config(config, "SEQ_CLS"),
+        )
+        trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
+        export_model(trainer, f"{config.output_dir}/final")
+
+    return run_stage("reward", config, train)

@@ -116,15 +116,25 @@ def main(argv: list[str]) -> int:
     """``hf-llama3 sft``: fine-tune a policy on SFT dialogs (rejection-sampled and user data) [4.1.3]."""
     from transformers import AutoModelForCausalLM
 
-    from training.post_cli import export_model, last_checkpoint, load_stage_config, load_stage_tokenizer, stage_parser
+    from training.post_cli import (
+        export_model,
+        last_checkpoint,
+        load_stage_config,
+        load_stage_tokenizer,
+        run_stage,
+        stage_parser,
+    )
 
     args = stage_parser(
         "sft", "Supervised fine-tuning with assistant-only loss and packing (paper 4.1.3).", Llama3SFTConfig
     ).parse_args(argv)
     config = load_stage_config(Llama3SFTConfig, args)
-    tokenizer = load_stage_tokenizer(config)
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
-    trainer = make_trainer(config, model, tokenizer, load_sft_dataset(config))
-    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
-    export_model(trainer, f"{config.output_dir}/final")
-    return 0
+
+    def train() -> None:
+        tokenizer = load_stage_tokenizer(config)
+        model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
+        trainer = make_trainer(config, model, tokenizer, load_sft_dataset(config))
+        trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
+        export_model(trainer, f"{config.output_dir}/final")
+
+    return run_stage("sft", config, train)

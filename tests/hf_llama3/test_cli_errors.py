@@ -225,6 +225,21 @@ def test_error_in_a_spawned_rank_is_one_line_naming_the_rank():
     assert lines[0] == "hf-llama3 boom: error: rank 1 failed: ValueError: shard 7 has 3 tokens, the batch needs 8"
 
 
+def test_a_rank_killed_by_a_signal_is_one_line_naming_the_rank_and_the_signal():
+    """A SIGKILLed rank (the OOM killer's signal) records nothing; torch would raise ProcessExitedException."""
+    script = _SPAWN_SCRIPT.replace(
+        'raise ValueError("shard 7 has 3 tokens, the batch needs 8")', "os.kill(os.getpid(), signal.SIGKILL)"
+    ).replace("import sys, time", "import os, signal, sys, time")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert lines == [
+        "hf-llama3 boom: error: rank 1 was killed by signal SIGKILL (out of memory? the kernel's OOM killer sends "
+        "SIGKILL; see `dmesg`); the other ranks were stopped: rerun the same command to resume from the last "
+        "checkpoint."
+    ], result.stderr
+
+
 def test_a_rank_started_by_torchrun_prints_one_line_naming_itself(tmp_path):
     """``torchrun -m training.pretrain.cli``: each failing rank prints the line `hf-llama3` would, with its rank."""
     env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}

@@ -3,7 +3,7 @@ the tiny recipe with the real tokenizer end to end, kill -9 in every stage then 
 annealing data probe, and layout switches that reproduce one process.
 
 ``hf-llama3 pretrain`` forks its 2 ranks from this test process (``training.parallel.spawn``); a killed run's
-SIGKILLed rank ends the launch with ``ProcessExitedException``.
+SIGKILLed rank ends the launch with one line naming the rank and the signal (exit status 2).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from torch.multiprocessing import ProcessExitedException
 from transformers import AutoModelForCausalLM
 
 from hf_llama3.cli import main as cli_main
@@ -80,7 +79,7 @@ def test_tiny_recipe_runs_all_three_stages(tmp_path):
     assert (export / "tokenizer.json").is_file()
 
 
-def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_shards, monkeypatch):
+def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_shards, monkeypatch, capsys):
     reference = small_recipe(tmp_path, byte_shards, tmp_path / "reference")
     _pretrain("--config", str(reference))
     steps = _records(tmp_path / "reference" / "metrics.jsonl")
@@ -92,8 +91,10 @@ def test_kill_in_every_stage_then_resume_gives_identical_weights(tmp_path, byte_
     resumed = small_recipe(tmp_path, byte_shards, tmp_path / "resumed")
     for step, rank in zip(kills, [1, 0, 1]):
         monkeypatch.setenv(FAULT_ENV, f"step:{step}:{rank}")
-        with pytest.raises(ProcessExitedException, match="SIGKILL"):
-            cli_main(["pretrain", "--config", str(resumed)])
+        capsys.readouterr()
+        assert cli_main(["pretrain", "--config", str(resumed)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"hf-llama3 pretrain: error: rank {rank} was killed by signal SIGKILL (out of memory?")
         assert not (tmp_path / "resumed" / "hf").exists()
     monkeypatch.delenv(FAULT_ENV)
     _pretrain("--config", str(resumed))

@@ -6,7 +6,8 @@ Production runs use ``torchrun`` (see ``training.pretrain.cli``) instead.
 
 A rank that raises records its error in the temporary folder before it dies; the parent then raises
 :class:`~hf_llama3.cli_errors.RankFailedError` for the rank that failed first, so the user reads one line
-(``rank 1 failed: ValueError: ...``) instead of torch.multiprocessing's stack of the child's stack.
+(``rank 1 failed: ValueError: ...``) instead of torch.multiprocessing's stack of the child's stack. A rank killed by
+a signal (the OOM killer's SIGKILL) records nothing: :class:`~hf_llama3.cli_errors.RankKilledError` names it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hf_llama3.cli_errors import RankFailedError, describe_error, one_line
+from hf_llama3.cli_errors import RankFailedError, RankKilledError, describe_error, one_line
 
 
 def _record_failure(error_dir: str, rank: int, err: BaseException) -> None:
@@ -97,9 +98,12 @@ def run_local(world_size: int, fn: Callable, *args) -> None:
             mp.start_processes(_worker, args=(world_size, store, fn, args), nprocs=world_size, start_method="fork")
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
             failure = first_failure(tmp)
-            if failure is None or getattr(err, "signal_name", None):
-                # A rank killed by a signal records nothing (its peers may record the fallout): torch's message
-                # names it.
+            signal_name = getattr(err, "signal_name", None)
+            if isinstance(err, mp.ProcessExitedException) and (signal_name or failure is None):
+                # A rank killed by a signal (SIGKILL from the OOM killer, say) records nothing, and its peers may
+                # record only the fallout: name the killed rank and the signal in one line.
+                raise RankKilledError(err.error_index, signal_name, err.exit_code) from None
+            if failure is None:
                 raise
             raise failure from None
         finally:

@@ -15,10 +15,12 @@ and a model card listing the recipe.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,12 +32,13 @@ import yaml
 from hf_llama3.checkpoint_io import install_output_dir
 from hf_llama3.cli_errors import run_entry_point
 from hf_llama3.model_card import write_model_card
+from hf_llama3.output_lock import output_lock
 from hf_llama3.recipe_loader import load_recipe
 from training.parallel.checkpoint import export_hf, latest_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.distributed import init_distributed
 from training.parallel.spawn import run_local
-from training.post_cli import stage_parser
+from training.post_cli import is_launcher_process, stage_parser
 
 from .anneal import AnnealStage, polyak_average
 from .config import PretrainRecipe
@@ -83,6 +86,20 @@ def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Pat
     """
     output_dir = Path(recipe.output_dir)
     final, partial = output_dir / "hf", output_dir / "hf.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run killed mid-export: ours, and never a complete export
+    try:
+        _write_export(recipe, state, tokenizer, partial)
+        install_output_dir(partial, final)  # replaces only an hf/ that hf-llama3 wrote (ownership marker)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed export (full disk, ...) leaves no hf.partial behind
+        raise
+    logger.info("Exported the final model to %s", final)
+    return final
+
+
+def _write_export(recipe: PretrainRecipe, state: RunState, tokenizer: Any, partial: Path) -> None:
+    """Weights, tokenizer and model card of the final export, into ``partial``."""
+    output_dir = Path(recipe.output_dir)
     if recipe.anneal is not None:
         polyak_average(state.snapshots, partial, last=recipe.anneal.average_last)
         averaged = state.snapshots[-recipe.anneal.average_last :] if recipe.anneal.average_last else state.snapshots
@@ -119,9 +136,6 @@ def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Pat
         },
         tags=["pretraining"],
     )
-    install_output_dir(partial, final)  # replaces only an hf/ that hf-llama3 wrote (ownership marker)
-    logger.info("Exported the final model to %s", final)
-    return final
 
 
 def run_recipe(recipe: PretrainRecipe) -> dict[str, Any]:
@@ -171,6 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     recipe = recipe_from_args(args)
     check_sources(recipe)
+    # One run per output folder: the launching process (rank 0 under torchrun, the parent of locally forked ranks)
+    # holds the folder's lock for the whole run, so a second run into it is refused at once.
+    lock = output_lock(recipe.output_dir) if is_launcher_process() else contextlib.nullcontext()
+    with lock:
+        return _run(recipe)
+
+
+def _run(recipe: PretrainRecipe) -> int:
+    """Check the run folder, then train (locally forked ranks, or this rank of a torchrun launch) and export."""
     finished = check_pretrain_run(recipe, len(build_stages(recipe)))
     if finished is not None and (Path(recipe.output_dir) / "hf").is_dir():
         if int(os.environ.get("RANK", 0)) == 0:
