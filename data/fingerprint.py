@@ -68,7 +68,7 @@ def check_curate_run(config: CurateConfig, files: list[str]) -> None:
     check_fingerprint(
         Path(config.output_dir),
         curate_fingerprint(config, files),
-        what="curation run",
+        what="a curation run",
         fresh="its finished tasks would keep the old results: use another output_dir (--set output_dir=...) "
         "for these settings or inputs",
     )

@@ -156,11 +156,15 @@ def read_fingerprint(folder: str | Path) -> dict[str, Any] | None:
 
 
 def check_fingerprint(
-    folder: str | Path, fingerprint: Mapping[str, Any], *, what: str = "run", fresh: str = "use another output folder"
+    folder: str | Path,
+    fingerprint: Mapping[str, Any],
+    *,
+    what: str = "a run",
+    fresh: str = "use another output folder",
 ) -> None:
     """Record ``fingerprint`` in ``folder`` on the first start; on a rerun, refuse one that differs.
 
-    Raises ``ValueError`` (one line): ``<folder> holds a <what> of another recipe or inputs: k: a -> b, ...;
+    Raises ``ValueError`` (one line): ``<folder> holds <what> of another recipe or inputs: k: a -> b, ...;
     <fresh>``. ``fresh`` says how to start anew (another output folder, or the flag that does so).
     """
     stored = read_fingerprint(folder)
@@ -175,5 +179,5 @@ def check_fingerprint(
     if len(changes) > MAX_LISTED:
         listed += f"; and {len(changes) - MAX_LISTED} more"
     raise ValueError(
-        f"{folder} holds a {what} of another recipe or inputs, which a rerun there would resume ({listed}): {fresh}."
+        f"{folder} holds {what} of another recipe or inputs, which a rerun there would resume ({listed}): {fresh}."
     )

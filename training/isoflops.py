@@ -254,7 +254,7 @@ def run_sweep(config: IsoFLOPsConfig) -> Path:
     with torch.device("meta"):  # count parameters without allocating the models
         all_params = [compute_params(build_model(config, size, data[2])) for size in config.sizes]
     # (budget, size) alone would resume points of another LR range, sequence length or data: refuse those.
-    check_fingerprint(output, sweep_fingerprint(config, data), what="IsoFLOPs sweep", fresh=FRESH)
+    check_fingerprint(output, sweep_fingerprint(config, data), what="an IsoFLOPs sweep", fresh=FRESH)
     lrs = {
         json.dumps(s, sort_keys=True): peak_lr(n, all_params, config.peak_lr_range)
         for s, n in zip(config.sizes, all_params)

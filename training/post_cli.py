@@ -289,7 +289,12 @@ def check_stage_run(stage: str, config: Any) -> Path | None:
         )
     else:
         fresh = "to start afresh with these settings, set another output_dir (--set output_dir=...)"
-    check_fingerprint(output_dir, stage_fingerprint(stage, config), what=f"{stage} run", fresh=fresh)
+    check_fingerprint(
+        output_dir,
+        stage_fingerprint(stage, config),
+        what=f"{'an' if stage == 'sft' else 'a'} {stage} run",
+        fresh=fresh,
+    )
     return final if finished else None
 
 

@@ -46,7 +46,7 @@ def check_rounds_run(config: Any) -> None:
     check_fingerprint(
         config.output_dir,
         fingerprint,
-        what="post-training rounds run",
+        what="a post-training rounds run",
         fresh="its finished steps would be kept: use another output_dir (--set output_dir=...) for these "
         "settings or inputs",
     )

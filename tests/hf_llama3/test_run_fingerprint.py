@@ -40,7 +40,7 @@ def test_mismatch_lists_every_change_in_one_line(tmp_path):
     data.write_text("HELLO")  # same size, other contents
     new = rf.make_fingerprint({"stage": {"tokens": 20}, "extra": True}, rf.inputs_identity([data]), {"n": 4})
     with pytest.raises(ValueError) as error:
-        rf.check_fingerprint(tmp_path, new, what="demo run", fresh="use another output folder")
+        rf.check_fingerprint(tmp_path, new, what="a demo run", fresh="use another output folder")
     message = str(error.value)
     assert "\n" not in message and message.endswith(": use another output folder.")
     for change in ("recipe.stage.tokens: 10 -> 20", "recipe.extra: (absent) -> true", "model.n: 8 -> 4"):

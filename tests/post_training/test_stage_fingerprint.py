@@ -95,7 +95,7 @@ def test_sft_reruns_refuse_other_recipes_models_and_data_resume_the_same_and_sto
 
     before = _sandbox(tmp_path)
     err = _refused(capsys, ["sft", "--config", recipe, "--set", "learning_rate=0.01"])
-    assert "holds a sft run of another recipe or inputs" in err and "recipe.learning_rate: 0.001 -> 0.01" in err
+    assert "holds an sft run of another recipe or inputs" in err and "recipe.learning_rate: 0.001 -> 0.01" in err
     assert _sandbox(tmp_path) == before
 
     other = tmp_path / "other-model"

@@ -135,5 +135,5 @@ def check_pretrain_run(recipe: PretrainRecipe, stages: int) -> dict[str, Any] | 
         )
     else:
         fresh = "to start afresh with these settings, set another output_dir (--set output_dir=...)"
-    check_fingerprint(output_dir, pretrain_fingerprint(recipe), what="pre-training run", fresh=fresh)
+    check_fingerprint(output_dir, pretrain_fingerprint(recipe), what="a pre-training run", fresh=fresh)
     return finished
