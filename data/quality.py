@@ -116,18 +116,33 @@ def train_fasttext_classifier(
             f.write(f"__label__{label} {' '.join(text.split())}\n")
         train_file = f.name
     try:
-        model = fasttext.train_supervised(
-            input=train_file, epoch=epochs, wordNgrams=2, lr=0.5, seed=seed, thread=1, verbose=0, bucket=buckets
-        )
-    except RuntimeError as err:
-        if "NaN" not in str(err):
-            raise
-        # Diverged: few, repetitive examples hashed into few buckets take too large steps at lr 0.5.
-        raise ValueError(f"fastText training diverged ({err}): give more varied examples or more --buckets.") from err
+        model = _train_supervised(fasttext, train_file, epochs, seed, buckets)
     finally:
         os.unlink(train_file)
     probes = [text for _, text in rows[:8]]
     return str(save_verified(model, path, probes, overwrite=overwrite))
+
+
+# lr 0.5 learns a few hundred examples in 2 epochs; the same data hashed into few buckets now and then diverges
+# (fastText raises "Encountered NaN", seen at 100K buckets in one run of six identical ones), so halve and retry.
+FASTTEXT_LEARNING_RATES = (0.5, 0.25, 0.1)
+
+
+def _train_supervised(fasttext, train_file: str, epochs: int, seed: int, buckets: int):
+    """fastText's supervised training at the first learning rate of ``FASTTEXT_LEARNING_RATES`` that does not diverge."""
+    for lr in FASTTEXT_LEARNING_RATES:
+        try:
+            return fasttext.train_supervised(
+                input=train_file, epoch=epochs, wordNgrams=2, lr=lr, seed=seed, thread=1, verbose=0, bucket=buckets
+            )
+        except RuntimeError as err:
+            if "NaN" not in str(err):
+                raise
+            logger.warning("fastText diverged at lr %s (%s); retrying with a smaller learning rate", lr, err)
+    raise ValueError(
+        f"fastText training diverged at every learning rate {FASTTEXT_LEARNING_RATES}: give more varied examples or "
+        "more --buckets."
+    )
 
 
 def fasttext_quality(model, text: str) -> float:

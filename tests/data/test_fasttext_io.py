@@ -130,3 +130,25 @@ def test_curate_refuses_a_truncated_quality_model_before_reading(model_path, tmp
     line = _error(capsys)
     assert f"{damaged} is truncated" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_divergence_retries_at_smaller_learning_rates():
+    """fastText's "Encountered NaN" is retried at the next learning rate; diverging at all of them is one error."""
+    from data.quality import FASTTEXT_LEARNING_RATES, _train_supervised
+
+    class Diverging:  # stands in for the fasttext module: diverges above lr `stable`
+        def __init__(self, stable: float):
+            self.stable, self.tried = stable, []
+
+        def train_supervised(self, **kwargs):
+            self.tried.append(kwargs["lr"])
+            if kwargs["lr"] > self.stable:
+                raise RuntimeError("Encountered NaN.")
+            return "model"
+
+    once = Diverging(stable=0.25)
+    assert _train_supervised(once, "train.txt", 2, 0, 100) == "model" and once.tried == [0.5, 0.25]
+    always = Diverging(stable=0.0)
+    with pytest.raises(ValueError, match="diverged at every learning rate"):
+        _train_supervised(always, "train.txt", 2, 0, 100)
+    assert always.tried == list(FASTTEXT_LEARNING_RATES)
