@@ -24,6 +24,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from .checkpoint_io import atomic_output_dir
+from .cli_types import positive_int
 from .tokenization_llama3 import LLAMA3_SPLIT_PATTERN, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -180,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("--input", nargs="+", required=True, help=".txt or .jsonl corpus files")
     train.add_argument("--output", required=True, help="tokenizer folder to write (must not exist unless --overwrite)")
-    train.add_argument("--vocab-size", type=int, default=LLAMA3_BASE_VOCAB_SIZE, help="base vocabulary size")
-    train.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge")
+    train.add_argument("--vocab-size", type=positive_int, default=LLAMA3_BASE_VOCAB_SIZE, help="base vocabulary size")
+    train.add_argument("--min-frequency", type=positive_int, default=2, help="minimum pair count to merge")
     train.add_argument("--text-field", default="text", help="JSON key of the text in .jsonl inputs")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)

@@ -4,10 +4,17 @@ For every ``hf-llama3`` subcommand that reads a YAML recipe / ``--set``, keys ar
 field type (int, float, bool, str, list; nested sections included) and each gets the bad values of its type: the
 wrong type, empty (null), NaN and infinity, a 10**30 int, and a negative number where the field declares a bound.
 Every case must be refused while the recipe loads, before any model or data is touched (the suite stays fast).
+
+Every subcommand and sub-subcommand also has its argparse flags fuzzed: each command's real parser is taken from its
+own ``--help`` (``print_help`` records the parser instead of printing), and every optional flag with a numeric
+``type`` (int, float, or a ``hf_llama3.cli_types`` bound) gets not-a-number text, empty, NaN, infinity, a float for
+an int flag and -1 where the type is bounded. argparse converts a flag's value as it consumes it, so the type error
+comes before any missing positional or required flag: the fuzz passes only the flag.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import types
@@ -17,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from hf_llama3 import cli_types
 from hf_llama3.cli import COMMANDS, main
 from hf_llama3.recipe_loader import field_meta
 
@@ -52,7 +60,7 @@ RECIPE_COMMANDS: dict[str, tuple[list[str], str]] = {
         "training.isoflops:IsoFLOPsConfig",
     ),
 }
-# Subcommands without a recipe (their flags are argparse-typed; their own tests cover bad flags).
+# Subcommands without a recipe (their flags are argparse-typed: fuzzed by test_bad_flag_values_exit_2_with_one_line).
 NO_RECIPE = {"convert", "quantize", "demo", "train-quality", "tokenizer", "eval", "vision"}
 
 KINDS = (int, float, bool, str, list)
@@ -183,3 +191,127 @@ def test_help_lists_config_keys_with_types_defaults_and_help(capsys):
     out = capsys.readouterr().out
     assert "initial.ramp (list[RampPoint], default (required))" in out
     assert "spike.window (int, default 20)" in out and "running mean of gradient norms [>= 1]" in out
+
+
+# --- argparse flags of every subcommand --------------------------------------------------------------------------
+
+# Commands whose own `--help` is a usage line, not a parser: their sub-subcommands, each with its own parser.
+OWN_SUBCOMMANDS = {"guard": ("train", "classify", "eval", "chat-eval")}
+# Flag type -> (number kind, bounded below: -1 refused, bounded above: a value past the bound refused).
+NUMERIC_TYPES: dict[Any, tuple[type, bool, bool]] = {
+    int: (int, False, False),
+    float: (float, False, False),
+    cli_types.finite_float: (float, False, False),
+    cli_types.positive_float: (float, True, False),
+    cli_types.non_negative_float: (float, True, False),
+    cli_types.unit_float: (float, True, True),
+    cli_types.positive_int: (int, True, False),
+    cli_types.non_negative_int: (int, True, False),
+}
+TEXT_TYPES = {str, Path}  # paths and names: no number to fuzz
+# Plain `type=int` flags, kept because every int (negative included) means something. A new plain int flag must be
+# listed here with its reason or use a bounded cli_types type; plain `type=float` is never kept (it takes NaN).
+UNBOUNDED_FLAGS = {
+    ("demo", "--seed"): "a seed may be any int",
+    ("guard eval", "--seed"): "a seed may be any int",
+    ("vision init", "--seed"): "a seed may be any int",
+    ("vision train", "--seed"): "a seed may be any int",
+    ("vision make-data", "--seed"): "a seed may be any int",
+    ("vision caption-lm", "--seed"): "a seed may be any int",
+}
+
+
+def _exit_code(argv: list[str]) -> int | str | None:
+    """``main``'s status: returned, or raised as SystemExit (argparse's errors and ``--help``)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def _parser_of(monkeypatch, argv: list[str]) -> argparse.ArgumentParser | None:
+    """The parser ``hf-llama3 *argv --help`` would print (recorded, not printed), or None when it prints no parser."""
+    seen: list[argparse.ArgumentParser] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "print_help", lambda self, file=None: seen.append(self))
+        _exit_code([*argv, "--help"])
+    return seen[0] if seen else None
+
+
+def command_parsers(monkeypatch, command: str) -> list[tuple[str, argparse.ArgumentParser]]:
+    """``(command line, parser)`` of ``command`` and of each of its sub-subcommands (the parser that one really uses)."""
+    top = _parser_of(monkeypatch, [command])
+    if top is None:
+        assert command in OWN_SUBCOMMANDS, f"hf-llama3 {command} --help printed no parser: list its subcommands"
+        subcommands = OWN_SUBCOMMANDS[command]
+    else:
+        actions = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            return [(command, top)]
+        subcommands = tuple(dict.fromkeys(actions[0].choices))
+    rows = []
+    for sub in subcommands:
+        parser = _parser_of(monkeypatch, [command, sub])
+        assert parser is not None, f"hf-llama3 {command} {sub} --help printed no parser"
+        rows.append((f"{command} {sub}", parser))
+    return rows
+
+
+def typed_flags(parser: argparse.ArgumentParser) -> list[tuple[str, Any]]:
+    """``(flag, type)`` of every optional flag with a ``type``: the long option string names it."""
+    return [(max(a.option_strings, key=len), a.type) for a in parser._actions if a.option_strings and a.type]
+
+
+def bad_flag_values(flag_type: Any) -> list[str]:
+    kind, bounded_below, bounded_above = NUMERIC_TYPES[flag_type]
+    values = ["abc", "", "nan", "inf", "-inf"]
+    if kind is int:
+        values.append("1.5")
+        # No int type here has an upper bound, so 10**30 is a valid (if silly) count: it is fed only where bounded.
+        if bounded_above:
+            values.append(HUGE_INT)
+    if bounded_below:
+        values.append("-1")
+    if bounded_above and kind is float:
+        values.append("2")
+    return values
+
+
+def test_every_numeric_flag_is_bounded_or_allowed(monkeypatch, capsys):
+    """Every typed flag has a known type; a plain int is allow-listed with a reason; the allow-list is not stale."""
+    found, unknown, unbounded = set(), [], []
+    for command in sorted(COMMANDS):
+        for line, parser in command_parsers(monkeypatch, command):
+            for flag, flag_type in typed_flags(parser):
+                found.add((line, flag))
+                if flag_type in TEXT_TYPES:
+                    continue
+                if flag_type not in NUMERIC_TYPES:
+                    unknown.append((line, flag, flag_type))
+                elif flag_type in (int, float) and (line, flag) not in UNBOUNDED_FLAGS:
+                    unbounded.append((line, flag, flag_type.__name__))
+    capsys.readouterr()
+    assert not unknown, f"flag types this fuzz does not know (add them to NUMERIC_TYPES or TEXT_TYPES): {unknown}"
+    assert not unbounded, f"plain int/float flags: use a hf_llama3.cli_types bound or allow-list them: {unbounded}"
+    assert set(UNBOUNDED_FLAGS) <= found, set(UNBOUNDED_FLAGS) - found
+    assert OWN_SUBCOMMANDS["guard"] == tuple(_load("training.safety.cli:SUBCOMMANDS"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_bad_flag_values_exit_2_with_one_line(command, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    for line, parser in command_parsers(monkeypatch, command):
+        capsys.readouterr()
+        for flag, flag_type in typed_flags(parser):
+            if flag_type in TEXT_TYPES or flag_type not in NUMERIC_TYPES:
+                continue
+            for value in bad_flag_values(flag_type):
+                argv = [*line.split(), f"{flag}={value}"]
+                assert _exit_code(argv) == 2, (argv, capsys.readouterr())
+                out, err = capsys.readouterr()
+                lines = err.strip().splitlines()
+                assert len(lines) == 1 and not out, (argv, out, err)
+                assert "Traceback" not in err and lines[0].startswith(f"hf-llama3 {line}: error: "), (argv, err)
+                # The flag's own error (argparse names it `argument [-x/]--flag:`), not a missing positional's.
+                assert "argument " in lines[0] and f"{flag}: " in lines[0], (argv, err)
+    assert not any(tmp_path.iterdir()), f"a refused flag wrote {sorted(p.name for p in tmp_path.iterdir())}"

@@ -26,6 +26,7 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaPro
 from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
 from hf_llama3.checkpoint_io import atomic_output_dir
+from hf_llama3.cli_types import positive_int
 from hf_llama3.convert import load_checkpoint
 from hf_llama3.tokenization_llama3 import load_tokenizer
 
@@ -200,11 +201,11 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vision-preset", default="tiny", choices=sorted(VISION_PRESETS), help="vision encoder size")
     parser.add_argument(
         "--cross-attention-every",
-        type=int,
+        type=positive_int,
         default=CROSS_ATTENTION_EVERY,
         help="one cross-attention layer per this many text layers [7.2: 4]",
     )
-    parser.add_argument("--max-num-tiles", type=int, default=MAX_NUM_TILES, help="tiles per image [7.3: 4]")
+    parser.add_argument("--max-num-tiles", type=positive_int, default=MAX_NUM_TILES, help="tiles per image [7.3: 4]")
     parser.add_argument("--tokenizer", help="Llama 3 tokenizer (default: SRC's, else the llama-models one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new (vision, cross-attention) weights")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
