@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 from pathlib import Path
 from typing import BinaryIO
+
+from hf_llama3.checkpoint_io import atomic_output_file
 
 _MAGIC = 793712314  # FASTTEXT_FILEFORMAT_MAGIC_INT32
 _ARGS_INT32 = (
@@ -115,11 +116,9 @@ def save_verified(model, path: str | os.PathLike, probes: list[str], overwrite: 
     from data.langid import fasttext_predict
 
     path = check_destination(path, overwrite)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    # atomic_output_file fsyncs before the rename, so a write failure surfaces while nothing has been replaced.
+    with atomic_output_file(path) as tmp:
         model.save_model(str(tmp))
-        with open(tmp, "rb+") as handle:  # flush to the disk now: a failure must surface before the rename
-            os.fsync(handle.fileno())
         try:
             check_file(tmp)
         except ValueError:
@@ -131,7 +130,4 @@ def save_verified(model, path: str | os.PathLike, probes: list[str], overwrite: 
         reloaded = _load(tmp)
         if any(fasttext_predict(model, p, k=2) != fasttext_predict(reloaded, p, k=2) for p in probes):
             raise OSError(f"could not write {path}: the saved model predicts differently; nothing was kept.")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

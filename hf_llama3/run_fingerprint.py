@@ -19,10 +19,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from hf_llama3.checkpoint_io import atomic_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -117,29 +118,11 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def write_fingerprint(folder: str | Path, fingerprint: Mapping[str, Any]) -> Path:
-    """Write ``fingerprint.json`` atomically (temp file in the same folder, fsync, rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / FINGERPRINT
-    fd, tmp = tempfile.mkstemp(prefix=f".{FINGERPRINT}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(fingerprint, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a fingerprint is as readable as the run
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``fingerprint.json`` atomically (temp file in the same folder, fsync, rename, the umask's mode)."""
+    path = Path(folder) / FINGERPRINT
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_fingerprint(folder: str | Path) -> dict[str, Any] | None:
