@@ -20,6 +20,17 @@ logger = logging.getLogger(__name__)
 
 MESH_DIM_NAMES = ("dp_replicate", "dp_shard", "pp", "cp", "tp")
 PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+# Fields that are counts (integers >= 1); the last two may be None (one follows from the other and the batch).
+COUNT_FIELDS = (
+    "dp_replicate",
+    "dp_shard",
+    "cp",
+    "tp",
+    "pp",
+    "pp_virtual_stages",
+    "pp_microbatches",
+    "micro_batch_size",
+)
 
 
 @dataclasses.dataclass
@@ -34,7 +45,12 @@ class ParallelDims:
         pp: Pipeline-parallel degree.
         pp_schedule: ``gpipe``, ``1f1b`` or ``interleaved_1f1b`` (the paper's schedule, [3.3.2]).
         pp_virtual_stages: Model chunks per pipeline rank (> 1 only with ``interleaved_1f1b``).
-        pp_microbatches: Microbatches per step (default: pp); the local batch must divide into them.
+        pp_microbatches: Micro-batches per step (default: pp) when ``micro_batch_size`` is not set; the local batch
+            must divide into them.
+        micro_batch_size: Rows per forward on each data-parallel rank. The global batch is reached by accumulating
+            ``batch / dp / micro_batch_size`` micro-batches (with PP they are the schedule's microbatches, the
+            paper's tunable N [3.3.2]), so the batch ramp [3.4.1] changes their number, never the per-GPU memory.
+            Excludes ``pp_microbatches``.
         pp_balance: Put one transformer layer fewer on the first and on the last stage, which also hold the
             embedding and the output layer + loss [3.3.2, "Memory and computation imbalance"].
     """
@@ -48,19 +64,23 @@ class ParallelDims:
     pp_virtual_stages: int = 1
     pp_microbatches: int | None = None
     pp_balance: bool = True
+    micro_batch_size: int | None = None
 
     # Bounds the shared recipe loader (hf_llama3.recipe_loader) checks when a recipe's `parallel:` is loaded.
-    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
-        name: {"min": 1}
-        for name in ("dp_replicate", "dp_shard", "cp", "tp", "pp", "pp_virtual_stages", "pp_microbatches")
-    }
+    RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {name: {"min": 1} for name in COUNT_FIELDS}
 
     def __post_init__(self) -> None:
-        if self.pp_microbatches is None:
-            self.pp_microbatches = self.pp
-        for name in ("dp_replicate", "dp_shard", "cp", "tp", "pp", "pp_virtual_stages", "pp_microbatches"):
+        if self.micro_batch_size is not None and self.pp_microbatches is not None:
+            raise ValueError(
+                f"Set one of micro_batch_size ({self.micro_batch_size} rows per forward) and pp_microbatches "
+                f"({self.pp_microbatches} per step): the other follows from the batch size."
+            )
+        if self.micro_batch_size is None:
+            self.pp_microbatches = self.pp if self.pp_microbatches is None else self.pp_microbatches
+        for name in COUNT_FIELDS:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            optional = name in ("pp_microbatches", "micro_batch_size") and value is None
+            if not optional and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"ParallelDims.{name} must be an integer >= 1, got {value!r}.")
         if self.pp_schedule not in PIPELINE_SCHEDULES:
             raise ValueError(f"pp_schedule must be one of {PIPELINE_SCHEDULES}, got {self.pp_schedule!r}.")
@@ -69,11 +89,31 @@ class ParallelDims:
                 f"pp_virtual_stages={self.pp_virtual_stages} needs pp_schedule='interleaved_1f1b' "
                 f"(got {self.pp_schedule!r}); use pp_virtual_stages=1 for gpipe and 1f1b."
             )
-        if self.pp > 1 and self.pp_schedule != "gpipe" and self.pp_microbatches < self.pp:
+        if self.pp_microbatches is not None:
+            self.validate_microbatches(self.pp_microbatches)
+
+    def validate_microbatches(self, count: int) -> None:
+        """``count`` micro-batches per step must fill the pipeline schedule: 1F1B needs at least pp of them;
+        interleaved 1F1B takes any number that splits into whole rounds of up to pp (torch's flexible schedule)."""
+        if self.pp == 1 or self.pp_schedule == "gpipe":
+            return
+        if self.pp_schedule == "1f1b" and count < self.pp:
             raise ValueError(
-                f"pp_schedule={self.pp_schedule!r} needs at least pp={self.pp} microbatches to fill the pipeline, "
-                f"got pp_microbatches={self.pp_microbatches}."
+                f"pp_schedule='1f1b' needs at least pp={self.pp} microbatches per step to fill the pipeline, got "
+                f"{count}: use interleaved_1f1b (any number), a smaller micro_batch_size or a larger batch."
             )
+        rounds = max(1, count // self.pp)
+        if count % rounds:
+            raise ValueError(
+                f"interleaved_1f1b runs {count} micro-batches in {rounds} rounds of up to pp={self.pp}: the count must "
+                f"be a multiple of {rounds}; change micro_batch_size or the batch size."
+            )
+
+    def num_microbatches(self, batch_size: int) -> int:
+        """Micro-batches per step for a global batch of ``batch_size`` rows (accumulated, or the pipeline's)."""
+        if self.micro_batch_size is None:
+            return self.pp_microbatches
+        return batch_size // self.dp // self.micro_batch_size
 
     @property
     def world_size(self) -> int:
@@ -130,16 +170,24 @@ class ParallelDims:
             )
 
     def validate_batch(self, batch_size: int, seq_len: int) -> None:
-        """The global batch splits into dp slices, each into pp microbatches; sequences into 2 * cp chunks."""
+        """The global batch splits into dp slices, each into micro-batches; sequences into 2 * cp chunks."""
         if batch_size % self.dp:
             raise ValueError(
                 f"Global batch size {batch_size} must be divisible by the data-parallel degree {self.dp} "
                 f"(dp_replicate x dp_shard)."
             )
-        if (batch_size // self.dp) % self.pp_microbatches:
+        per_replica = batch_size // self.dp
+        if self.micro_batch_size is not None and per_replica % self.micro_batch_size:
             raise ValueError(
-                f"Per-replica batch {batch_size // self.dp} must be divisible by pp_microbatches={self.pp_microbatches}."
+                f"Per-replica batch {per_replica} (global {batch_size} / dp {self.dp}) must be a whole number of "
+                f"micro-batches of micro_batch_size={self.micro_batch_size} rows."
             )
+        if self.micro_batch_size is None and per_replica % self.pp_microbatches:
+            raise ValueError(
+                f"Per-replica batch {per_replica} must be divisible by pp_microbatches={self.pp_microbatches} "
+                "(or set micro_batch_size, the rows per forward, and let the count follow the batch)."
+            )
+        self.validate_microbatches(self.num_microbatches(batch_size))
         if seq_len % (2 * self.cp):
             raise ValueError(
                 f"Sequence length {seq_len} must be divisible by 2 * cp = {2 * self.cp}: context parallelism cuts it "
