@@ -9,7 +9,7 @@ from transformers.masking_utils import create_causal_mask
 
 from hf_llama3 import Llama3Config
 from hf_llama3.modeling_llama3 import document_mask_function
-from training.parallel.context_parallel import build_attention_mask, gathered_indices, load_balanced_indices
+from training.parallel.context_parallel import dense_attention_mask, gathered_indices, load_balanced_indices
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import OptimizerConfig
 from training.parallel.metrics import ThroughputMeter, matmul_params, training_flops_per_token
@@ -82,7 +82,7 @@ def test_cp_mask_equals_transformers_document_mask_on_each_rank() -> None:
     if reference is None or reference.dtype != torch.bool:
         pytest.skip("transformers returned no boolean mask for sdpa here")
     for rank in range(cp):
-        ours = build_attention_mask(seq, cp, rank, documents, batch_size=2)
+        ours = dense_attention_mask(seq, cp, rank, documents, batch_size=2)
         q, kv = load_balanced_indices(seq, cp, rank), gathered_indices(seq, cp)
         torch.testing.assert_close(ours == 0, reference[:, :, q][:, :, :, kv])
         assert ours.dtype == torch.float32 and ours.min() == torch.finfo(torch.float32).min
