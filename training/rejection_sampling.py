@@ -4,20 +4,25 @@ For each prompt the policy draws K outputs (the paper uses K = 10-30), optionall
 prompts that steer tone and style; the reward model scores them and the best one becomes SFT data (the worst is
 kept too, so the pair can serve as preference data). The paper reports over 2x throughput from PagedAttention:
 a request is admitted only if its maximum output fits, and the prompt's key/value cache is shared by all its
-samples. This module does the same on transformers' ``DynamicCache``:
+samples. The samples come from a generation engine (``training.generation``): transformers' continuous batching
+(paged KV cache, the default on CUDA), our prefix-sharing sampler (the default on CPU, where it is the fastest:
+BENCHMARKS.md) or vLLM (colocated or a server, when installed); ``device`` places the policy and the reward model,
+which scores the samples on the same device in batches of packed rows.
 
-- prompts are sorted by length and grouped into batches whose worst-case size ``K * (prompt + max_new_tokens)``
-  fits ``max_batch_tokens`` (admission control);
-- each prompt is encoded once (one prefill per prompt, not K) and its cache is repeated to the K samples;
-- a sample leaves the batch as soon as it emits a stop token (``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``),
-  so finished samples cost nothing more;
-- each prompt has its own random generator seeded from ``seed`` and the prompt's index: reruns are identical.
+Under ``torchrun``/``accelerate launch`` the prompts are sharded across the data-parallel ranks; rank 0 merges the
+results in prompt order and writes them once. Each prompt is seeded from ``seed`` and its index, so reruns (and,
+with the prefix-sharing or colocated vLLM backends, any number of ranks) give the same samples.
 
-Outputs in ``output_dir``: ``samples.jsonl`` (every sample, its score and stop reason), ``sft.jsonl`` (``messages``:
-the prompt and the best sample, TRL SFT's conversational format) and ``preferences.jsonl`` (``prompt``/``chosen``/
-``rejected``: best and worst, TRL DPO's and our reward trainer's format).
+A sample that hit ``max_new_tokens`` without a stop token is truncated: it is never chosen (its reward judges an
+unfinished answer, and SFT on it teaches the model to stop mid-sentence); it can still be the rejected response.
+
+Outputs in ``output_dir``: ``samples.jsonl`` (every sample, its score, stop reason and truncated flag),
+``sft.jsonl`` (``messages``: the prompt and the best sample, TRL SFT's conversational format),
+``preferences.jsonl`` (``prompt``/``chosen``/``rejected``: best and worst, TRL DPO's and our reward trainer's
+format) and ``summary.json`` (counts: samples stopped/truncated, prompts without a pick and why).
 
     hf-llama3 rejection-sample --config recipes/tiny/rejection_sampling.yaml
+    torchrun --nproc-per-node 8 -m hf_llama3.cli rejection-sample --config recipes/llama3-8b/rejection_sampling.yaml
 """
 
 from __future__ import annotations
@@ -27,12 +32,19 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from tqdm.auto import tqdm
-from transformers.cache_utils import DynamicCache
 
+from training.generation.data_parallel import data_parallel, gather_in_order, shard
+from training.generation.engine import (
+    GenerationEngine,
+    SamplingSettings,
+    make_engine,
+    resolve_backend,
+    resolve_device,
+    stop_reason,
+)
 from training.reward import pack_ranked_row, packed_rewards
 
 logger = logging.getLogger(__name__)
@@ -65,6 +77,16 @@ class RejectionSamplingConfig:
         safety_guard_path: Optional guard folder (``hf-llama3 guard train``, or Meta's Llama Guard 3): samples its
             output check flags are dropped before the best/worst choice; counts go to ``safety_report.json`` [5.4.7].
         safety_threshold: P(unsafe) threshold of that filter (default: the guard's).
+        device: Where the policy and the reward model run: ``cpu``, ``cuda`` (each rank's ``LOCAL_RANK`` GPU) or
+            ``auto`` (CUDA when available).
+        generation_backend: ``auto`` (continuous batching on CUDA, prefix sharing on CPU), ``continuous_batching``
+            (transformers' ``generate_batch``, paged KV cache), ``prefix_sharing`` (our sampler) or ``vllm``.
+        vllm_mode, vllm_server_base_url, vllm_tensor_parallel_size, vllm_gpu_memory_utilization: The vLLM backend
+            (TRL's ``use_vllm`` settings): ``colocate`` loads vLLM in this process on ``policy_path``; ``server``
+            calls a ``trl vllm-serve`` server (default URL ``http://0.0.0.0:8000``).
+        score_batch_size: Packed reward-model rows per forward pass.
+        allow_truncated_chosen: Let a sample that hit ``max_new_tokens`` be chosen. Off by default (a truncated
+            answer is never an SFT target); only for untrained demo models, which never emit a stop token.
     """
 
     policy_path: str = ""
@@ -82,6 +104,14 @@ class RejectionSamplingConfig:
     seed: int = 0
     safety_guard_path: str | None = None
     safety_threshold: float | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    generation_backend: Literal["auto", "prefix_sharing", "continuous_batching", "vllm"] = "auto"
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_base_url: str | None = None
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.9
+    score_batch_size: int = 8
+    allow_truncated_chosen: bool = False
 
     # Bounds the shared recipe loader checks (hf_llama3.recipe_loader) before the config is built.
     RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = {
@@ -93,6 +123,9 @@ class RejectionSamplingConfig:
         "score_pack_size": {"min": 1},
         "seed": {"min": 0},
         "safety_threshold": {"min": 0, "max": 1},
+        "vllm_tensor_parallel_size": {"min": 1},
+        "vllm_gpu_memory_utilization": {"gt": 0, "max": 1},
+        "score_batch_size": {"min": 1},
     }
 
     def __post_init__(self) -> None:
@@ -103,136 +136,14 @@ class RejectionSamplingConfig:
             raise ValueError(f"num_samples must be >= 2 to pick a best and a worst sample, got {self.num_samples}.")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"Need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}.")
-        if self.max_new_tokens < 1 or self.max_batch_tokens < 1 or self.score_pack_size < 1:
-            raise ValueError("max_new_tokens, max_batch_tokens and score_pack_size must be positive.")
+        if min(self.max_new_tokens, self.max_batch_tokens, self.score_pack_size, self.score_batch_size) < 1:
+            raise ValueError(
+                "max_new_tokens, max_batch_tokens, score_pack_size and score_batch_size must be positive."
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Generation with a shared prompt cache
-
-
-# Candidates examined before falling back to a full sort for top-p: a trained model's nucleus is almost always
-# inside its top 1024 tokens, and the shortcut is exact (it is taken only when their mass reaches top_p).
-NUCLEUS_CANDIDATES = 1024
-
-
-def _inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row drawn with probability proportional to ``probs`` (unnormalised allowed).
-
-    Inverse-CDF sampling: a cumulative sum (float64) and a binary search, several times faster than
-    ``torch.multinomial`` over a 128K vocabulary on CPU, same distribution.
-    """
-    cdf = probs.double().cumsum(dim=-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
-
-
-def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Draw one token per row of ``logits [rows, vocab]`` with temperature and nucleus (top-p) sampling.
-
-    ``temperature == 0`` is greedy decoding. The nucleus is the smallest set of most likely tokens whose mass
-    reaches ``top_p`` (transformers' ``TopPLogitsWarper`` rule).
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p >= 1.0:
-        return _inverse_cdf_sample(probs, generator)
-    candidates, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
-    if candidates.shape[-1] < probs.shape[-1] and bool((candidates.sum(dim=-1) < top_p).any()):
-        candidates, index = probs.sort(dim=-1, descending=True)
-    # Drop a token once the mass of the more likely tokens already reaches top_p (the first is always kept).
-    candidates = candidates.masked_fill(candidates.cumsum(dim=-1) - candidates >= top_p, 0.0)
-    return index.gather(-1, _inverse_cdf_sample(candidates, generator)[:, None]).squeeze(-1)
-
-
-def length_batches(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int, max_batch_tokens: int):
-    """Group prompt indices, shortest first, so each batch's worst case ``B * K * (L + new)`` fits the budget.
-
-    A prompt whose own worst case exceeds the budget still runs, alone.
-    """
-    order = sorted(range(len(prompt_lengths)), key=lambda i: (prompt_lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        worst = (len(current) + 1) * num_samples * (prompt_lengths[index] + max_new_tokens)
-        if current and worst > max_batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
-@torch.no_grad()
-def _sample_batch(
-    model,
-    prompts: Sequence[Sequence[int]],
-    generators: Sequence[torch.Generator],
-    num_samples: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    stop_ids: torch.Tensor,
-    pad_id: int,
-) -> list[list[list[int]]]:
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
-        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
-        attention_mask[row, width - len(prompt) :] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-    # One prefill per prompt; only the last position's logits are needed.
-    cache = DynamicCache(config=model.config)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    # Share the prompt's cache with its K samples: rows [i*K, (i+1)*K) belong to prompt i.
-    cache = out.cache
-    cache.batch_repeat_interleave(num_samples)
-    logits = out.logits[:, -1].repeat_interleave(num_samples, dim=0)
-    attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
-    next_position = position_ids[:, -1].repeat_interleave(num_samples) + 1
-    owner = torch.arange(len(prompts), device=device).repeat_interleave(num_samples)  # prompt of each active row
-    slot = torch.arange(len(prompts) * num_samples, device=device)  # (prompt, sample) of each active row
-
-    outputs: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
-    for step in range(max_new_tokens):
-        tokens = torch.empty(len(owner), dtype=torch.long, device=device)
-        for prompt_index in owner.unique().tolist():
-            rows = (owner == prompt_index).nonzero().squeeze(-1)
-            tokens[rows] = sample_next_token(logits[rows], temperature, top_p, generators[prompt_index])
-        for row, token in zip(slot.tolist(), tokens.tolist()):
-            outputs[row].append(token)
-        keep = ~torch.isin(tokens, stop_ids)
-        if step == max_new_tokens - 1 or not keep.any():
-            break
-        if not keep.all():  # finished samples leave the batch and free their cache rows
-            index = keep.nonzero().squeeze(-1)
-            cache.batch_select_indices(index)
-            tokens, owner, slot = tokens[index], owner[index], slot[index]
-            attention_mask, next_position = attention_mask[index], next_position[index]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(owner), 1)], dim=-1)
-        out = model(
-            input_ids=tokens[:, None],
-            attention_mask=attention_mask,
-            position_ids=next_position[:, None],
-            cache=cache,
-            use_cache=True,
-        )
-        cache, logits, next_position = out.cache, out.logits[:, -1], next_position + 1
-    return [outputs[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
+# Generation through an engine (training.generation)
 
 
 def sample_responses(
@@ -246,37 +157,27 @@ def sample_responses(
     stop_ids: Sequence[int] = DEFAULT_STOP_IDS,
     max_batch_tokens: int = 65536,
     pad_id: int = 128004,
+    *,
+    backend: str = "auto",
+    engine: GenerationEngine | None = None,
+    prompt_indices: Sequence[int] | None = None,
 ) -> list[list[list[int]]]:
     """K sampled continuations (token ids, ending with the stop token when one was emitted) for each prompt.
 
-    Prompt ``i`` draws from its own generator seeded with ``seed`` and ``i``, so a rerun with the same settings
-    gives the same samples.
+    Drawn by ``engine``, else by the ``backend`` engine built around ``model`` (``auto``: by the model's device,
+    see :mod:`training.generation.engine`). Prompt ``j`` is seeded from ``seed`` and ``prompt_indices[j]`` (default
+    ``j``), its index in the whole prompt set, so a rerun, or a data-parallel shard of the same set, gives the same
+    samples (for the backends that seed per prompt).
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError(
             "Every prompt needs at least one token (the Llama 3 chat prompt starts with <|begin_of_text|>)."
         )
-    model.eval()
-    device = next(model.parameters()).device
-    stop = torch.tensor(list(stop_ids), device=device)
-    results: list[list[list[int]] | None] = [None] * len(prompts)
-    batches = length_batches([len(p) for p in prompts], num_samples, max_new_tokens, max_batch_tokens)
-    for batch in tqdm(batches, desc="rejection sampling", disable=len(batches) < 2):
-        generators = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + i) for i in batch]
-        samples = _sample_batch(
-            model,
-            [prompts[i] for i in batch],
-            generators,
-            num_samples,
-            max_new_tokens,
-            temperature,
-            top_p,
-            stop,
-            pad_id,
-        )
-        for index, prompt_samples in zip(batch, samples):
-            results[index] = prompt_samples
-    return results  # type: ignore[return-value]
+    if engine is None:
+        engine = make_engine(backend, model, max_batch_tokens=max_batch_tokens)
+    settings = SamplingSettings(num_samples, max_new_tokens, temperature, top_p, seed, tuple(stop_ids), pad_id)
+    indices = range(len(prompts)) if prompt_indices is None else prompt_indices
+    return engine.generate(prompts, list(indices), settings)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,22 +186,32 @@ def sample_responses(
 
 @torch.no_grad()
 def score_samples(
-    reward_model, prompts: Sequence[Sequence[int]], samples: Sequence[Sequence[Sequence[int]]], pack_size: int = 8
+    reward_model,
+    prompts: Sequence[Sequence[int]],
+    samples: Sequence[Sequence[Sequence[int]]],
+    pack_size: int = 8,
+    batch_size: int = 8,
 ) -> list[list[float]]:
-    """Reward of every sample: the prompt and up to ``pack_size`` samples share one packed row (see training.reward)."""
+    """Reward of every sample: the prompt and up to ``pack_size`` samples share one packed row (see training.reward);
+    ``batch_size`` packed rows go through the reward model together, on its device."""
     from training.reward import PackedRankingCollator
 
     reward_model.eval()
     device = next(reward_model.parameters()).device
     collate = PackedRankingCollator(pad_token_id=reward_model.config.pad_token_id or 0)
-    scores: list[list[float]] = []
-    for prompt, prompt_samples in zip(prompts, samples):
-        prompt_scores: list[float] = []
-        for start in range(0, len(prompt_samples), pack_size):
-            chunk = prompt_samples[start : start + pack_size]
-            batch = {k: v.to(device) for k, v in collate([pack_ranked_row(prompt, chunk)]).items()}
-            prompt_scores += packed_rewards(reward_model, batch)[0, : len(chunk)].tolist()
-        scores.append(prompt_scores)
+    rows = [  # (prompt, first sample, packed row)
+        (p, start, pack_ranked_row(prompt, prompt_samples[start : start + pack_size]))
+        for p, (prompt, prompt_samples) in enumerate(zip(prompts, samples))
+        for start in range(0, len(prompt_samples), pack_size)
+    ]
+    scores: list[list[float]] = [[0.0] * len(prompt_samples) for prompt_samples in samples]
+    for first in range(0, len(rows), batch_size):
+        chunk = rows[first : first + batch_size]
+        batch = {k: v.to(device) for k, v in collate([row for _, _, row in chunk]).items()}
+        rewards = packed_rewards(reward_model, batch).tolist()
+        for (p, start, row), row_rewards in zip(chunk, rewards):
+            count = len(row["response_ends"])
+            scores[p][start : start + count] = row_rewards[:count]
     return scores
 
 
@@ -330,78 +241,165 @@ def rejection_sample(
 ) -> Path:
     """Run one rejection-sampling pass and write ``samples``/``sft``/``preferences`` jsonl files; return the folder.
 
-    Already-loaded models and tokenizer may be passed (the rounds driver does); otherwise they are loaded. With a
-    ``safety_filter`` (``training.safety.SafetyFilter``, or ``config.safety_guard_path``) unsafe samples are dropped.
+    Already-loaded models and tokenizer may be passed (the rounds driver does); otherwise they are loaded, on
+    ``config.device``. With a ``safety_filter`` (``training.safety.SafetyFilter``, or ``config.safety_guard_path``)
+    unsafe samples are dropped. Under a data-parallel launcher every rank samples and scores its shard of the
+    prompts; rank 0 writes the merged outputs, and every rank returns once they are written.
     """
+    import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from hf_llama3 import encode_dialog
+    from hf_llama3 import encode_dialog, stop_token_ids
     from training.post_cli import StageInputs, load_rows, load_stage_tokenizer
 
+    device = resolve_device(config.device)
+    backend = resolve_backend(config.generation_backend, device)
     if tokenizer is None:
         tokenizer = load_stage_tokenizer(
             StageInputs(model_name_or_path=config.policy_path, tokenizer_name_or_path=config.tokenizer_name_or_path)
         )
-    policy = policy if policy is not None else AutoModelForCausalLM.from_pretrained(config.policy_path)
-    if reward_model is None:
-        reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
     rows = load_rows(config.prompts_path)
     dialogs = [with_system_prompt(prompt_messages(row, i), config.system_prompts, i) for i, row in enumerate(rows)]
     prompt_ids = [encode_dialog(tokenizer, d, add_generation_prompt=True).input_ids for d in dialogs]
-
-    from hf_llama3 import stop_token_ids
-
     stops = stop_token_ids(tokenizer)
-    samples = sample_responses(
-        policy,
-        prompt_ids,
-        config.num_samples,
-        config.max_new_tokens,
-        config.temperature,
-        config.top_p,
-        config.seed,
-        stops,
-        config.max_batch_tokens,
-        tokenizer.pad_token_id,
-    )
-    # A sample that ends without a stop token is closed with <|eot_id|> before scoring, as a finished turn would be.
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    closed = [[s if s and s[-1] in stops else [*s, eot] for s in prompt_samples] for prompt_samples in samples]
-    scores = score_samples(reward_model, prompt_ids, closed, config.score_pack_size)
-    if safety_filter is None and config.safety_guard_path:
-        from training.safety.filter import SafetyFilter
+    with data_parallel(device) as (rank, world_size):
+        mine = shard(len(prompt_ids), rank, world_size)
+        if policy is None and backend != "vllm":  # vLLM loads the policy itself
+            policy = AutoModelForCausalLM.from_pretrained(config.policy_path)
+        if policy is not None:
+            policy = policy.to(device)
+        engine = make_engine(
+            backend,
+            policy,
+            device=device,
+            max_batch_tokens=config.max_batch_tokens,
+            model_path=config.policy_path,
+            vllm={
+                "mode": config.vllm_mode,
+                "server_base_url": config.vllm_server_base_url,
+                "tensor_parallel_size": config.vllm_tensor_parallel_size,
+                "gpu_memory_utilization": config.vllm_gpu_memory_utilization,
+            },
+        )
+        my_prompts = [prompt_ids[i] for i in mine]
+        samples = sample_responses(
+            policy,
+            my_prompts,
+            config.num_samples,
+            config.max_new_tokens,
+            config.temperature,
+            config.top_p,
+            config.seed,
+            stops,
+            config.max_batch_tokens,
+            tokenizer.pad_token_id,
+            engine=engine,
+            prompt_indices=mine,
+        )
+        if reward_model is None:
+            reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
+        reward_model = reward_model.to(device)
+        # A sample that ends without a stop token is closed with <|eot_id|> before scoring, as a finished turn would be.
+        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        closed = [[s if s and s[-1] in stops else [*s, eot] for s in prompt_samples] for prompt_samples in samples]
+        scores = score_samples(reward_model, my_prompts, closed, config.score_pack_size, config.score_batch_size)
+        merged = gather_in_order(mine, list(zip(samples, scores)), world_size)
+        output_dir = Path(config.output_dir)
+        if merged is not None:
+            if safety_filter is None and config.safety_guard_path:
+                from training.safety.filter import SafetyFilter
 
-        safety_filter = SafetyFilter.from_pretrained(config.safety_guard_path, threshold=config.safety_threshold)
-    records = _select(tokenizer, dialogs, samples, scores, set(stops), safety_filter)
-    output_dir = _write_outputs(Path(config.output_dir), records)
-    if safety_filter is not None:  # [5.4.7] the stage report of the output filter
-        _write_safety_report(output_dir, records, safety_filter)
+                safety_filter = SafetyFilter.from_pretrained(
+                    config.safety_guard_path, threshold=config.safety_threshold
+                )
+            samples, scores = [m[0] for m in merged], [m[1] for m in merged]
+            records = select_samples(
+                tokenizer, dialogs, samples, scores, stops, config.allow_truncated_chosen, safety_filter
+            )
+            run = {"backend": backend, "device": str(device), "world_size": world_size}
+            output_dir = _write_outputs(output_dir, records, config.max_new_tokens, run)
+            if safety_filter is not None:  # [5.4.7] the stage report of the output filter
+                _write_safety_report(output_dir, records, safety_filter)
+        if world_size > 1:  # the other ranks return once rank 0's files exist
+            dist.barrier()
     return output_dir
 
 
-def _select(tokenizer, dialogs, samples, scores, stops: set[int], safety_filter=None) -> list[dict[str, Any]]:
-    """Best and worst non-empty sample of each prompt by reward-model score (unsafe ones left out with a filter)."""
+def select_samples(
+    tokenizer,
+    dialogs: Sequence[list[dict[str, Any]]],
+    samples: Sequence[Sequence[Sequence[int]]],
+    scores: Sequence[Sequence[float]],
+    stops: Sequence[int],
+    allow_truncated_chosen: bool = False,
+    safety_filter=None,
+) -> list[dict[str, Any]]:
+    """One record per prompt: every sample with its score, stop reason and truncated flag, and the pick.
+
+    ``best`` is the highest-scoring usable sample that ended with a stop token (a truncated one only with
+    ``allow_truncated_chosen``); ``worst`` the lowest-scoring usable sample whose text differs from it. Usable:
+    non-empty, and not flagged by ``safety_filter``. A prompt gets both or neither; ``skipped`` says why not.
+    """
     all_texts = [[tokenizer.decode(s[:-1] if s and s[-1] in stops else s) for s in ps] for ps in samples]
     unsafe = safety_filter.drop_unsafe_samples(dialogs, all_texts) if safety_filter is not None else None
     records = []
     for index, (dialog, prompt_samples, prompt_scores) in enumerate(zip(dialogs, samples, scores)):
         texts = all_texts[index]
-        reasons = ["stop" if s and s[-1] in stops else "length" for s in prompt_samples]
+        reasons = [stop_reason(s, stops) for s in prompt_samples]
+        truncated = [reason == "length" for reason in reasons]
         usable = [k for k, text in enumerate(texts) if text.strip() and not (unsafe and unsafe[index][k])]
-        record = {"index": index, "prompt": dialog, "samples": texts, "scores": prompt_scores, "stop_reasons": reasons}
+        record = {
+            "index": index,
+            "prompt": dialog,
+            "samples": texts,
+            "scores": prompt_scores,
+            "stop_reasons": reasons,
+            "truncated": truncated,
+            "num_tokens": [len(s) for s in prompt_samples],
+        }
         if unsafe is not None:
             record["unsafe"] = unsafe[index]
-        if len(usable) >= 2:
-            best = max(usable, key=lambda k: prompt_scores[k])
-            worst = min(usable, key=lambda k: prompt_scores[k])
-            record |= {"best": best, "worst": worst}
+        record["best_scoring_truncated"] = bool(usable) and truncated[max(usable, key=lambda k: prompt_scores[k])]
+        candidates = [k for k in usable if allow_truncated_chosen or not truncated[k]]
+        if len(usable) < 2:
+            record["skipped"] = "fewer than 2 usable samples"
+        elif not candidates:
+            record["skipped"] = "every usable sample is truncated"
         else:
-            logger.warning("prompt %d: fewer than 2 non-empty samples; no SFT or preference row", index)
+            best = max(candidates, key=lambda k: prompt_scores[k])
+            others = [k for k in usable if texts[k] != texts[best]]
+            if others:
+                record |= {"best": best, "worst": min(others, key=lambda k: prompt_scores[k])}
+            else:
+                record["skipped"] = "every usable sample is identical to the best"
+        if "skipped" in record:
+            logger.warning("prompt %d: no SFT or preference row (%s)", index, record["skipped"])
         records.append(record)
     return records
 
 
-def _write_outputs(output_dir: Path, records: list[dict[str, Any]]) -> Path:
+def summarize(records: Sequence[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
+    """Counts of one pass: samples stopped/truncated, prompts picked, prompts skipped by reason."""
+    skipped: dict[str, int] = {}
+    for record in records:
+        if "skipped" in record:
+            skipped[record["skipped"]] = skipped.get(record["skipped"], 0) + 1
+    samples = sum(len(r["samples"]) for r in records)
+    truncated = sum(sum(r["truncated"]) for r in records)
+    return {
+        "prompts": len(records),
+        "samples": samples,
+        "max_new_tokens": max_new_tokens,
+        "stopped_samples": samples - truncated,
+        "truncated_samples": truncated,
+        "truncated_chosen": sum("best" in r and r["truncated"][r["best"]] for r in records),
+        "best_scoring_sample_truncated": sum(r["best_scoring_truncated"] for r in records),
+        "prompts_selected": sum("best" in r for r in records),
+        "prompts_skipped": skipped,
+    }
+
+
+def _write_outputs(output_dir: Path, records: list[dict[str, Any]], max_new_tokens: int, run: dict[str, Any]) -> Path:
     from hf_llama3.checkpoint_io import atomic_output_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -410,6 +408,7 @@ def _write_outputs(output_dir: Path, records: list[dict[str, Any]]) -> Path:
     def assistant(text: str) -> dict[str, str]:
         return {"role": "assistant", "content": text}
 
+    summary = {**summarize(records, max_new_tokens), **run}
     files = {
         "samples.jsonl": records,
         "sft.jsonl": [{"messages": [*r["prompt"], assistant(r["samples"][r["best"]])]} for r in selected],
@@ -427,7 +426,16 @@ def _write_outputs(output_dir: Path, records: list[dict[str, Any]]) -> Path:
     for name, rows in files.items():
         with atomic_output_file(output_dir / name) as tmp:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    logger.info("Rejection sampling: %d prompts, %d selected -> %s", len(records), len(selected), output_dir)
+    with atomic_output_file(output_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info(
+        "Rejection sampling: %d prompts, %d selected, %d of %d samples truncated -> %s",
+        len(records),
+        len(selected),
+        summary["truncated_samples"],
+        summary["samples"],
+        output_dir,
+    )
     return output_dir
 
 
@@ -450,7 +458,7 @@ def main(argv: list[str]) -> int:
     from training.post_cli import load_stage_config, stage_parser
 
     parser = stage_parser(
-        "rejection-sample", "Rejection sampling with a shared prompt KV cache (paper 4.2.2).", RejectionSamplingConfig
+        "rejection-sample", "Rejection sampling through a generation engine (paper 4.2.2).", RejectionSamplingConfig
     )
     args = parser.parse_args(argv)
     config = load_stage_config(RejectionSamplingConfig, args)
