@@ -9,6 +9,13 @@
 - An NLL term on the chosen responses with coefficient 0.2: TRL's ``loss_type=["sigmoid", "sft"]`` with
   ``loss_weights=[1.0, 0.2]``.
 - beta 0.1 and learning rate 1e-5 [4.1.4].
+- Only pairs rated "significantly better" or "better" are kept and similar responses are dropped [4.2.1]; the
+  reward model's ranked rows (``edited > chosen > rejected``, or a ``responses`` list) become every ordered pair.
+  The summary (logged, and ``data_summary.json`` in the export) counts what each rule dropped.
+
+Every row format gets the formatting mask: chat rows through ``encode_dialog``, plain-text rows on their EOS token;
+pre-tokenized rows must carry ``chosen_formatting_mask``/``rejected_formatting_mask`` (or set
+``mask_formatting_tokens: false``), otherwise they are refused.
 
 The reference model is a frozen in-memory copy of the starting policy (TRL would otherwise reload it from the
 policy's ``name_or_path``, which an in-memory policy does not have); with LoRA the base weights (adapters off)
@@ -22,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +39,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
 from training.post_cli import StageInputs
+from training.post_rows import PreferenceHygiene, clean_ranked_rows, encode_prompt_and_responses, raise_for_problems
 from training.safety.mix import SafetyMixInputs, mix_from_config
 
 logger = logging.getLogger(__name__)
@@ -39,11 +48,13 @@ FORMATTING_COLUMNS = ["chosen_formatting_mask", "rejected_formatting_mask"]
 
 
 @dataclasses.dataclass
-class Llama3DPOConfig(DPOConfig, StageInputs, SafetyMixInputs):
+class Llama3DPOConfig(DPOConfig, StageInputs, SafetyMixInputs, PreferenceHygiene):
     """TRL's ``DPOConfig`` with the paper's DPO settings [4.1.4] and the shared stage inputs.
 
     Args:
         mask_formatting_tokens: Drop header and termination tokens from the chosen/rejected log-probs [4.1.4].
+        strength_column, kept_strengths, similar_response_ratio: The preference hygiene rules [4.2.1]
+            (:class:`training.post_rows.PreferenceHygiene`), shared with the reward model.
         safety_dataset_path, safety_adversarial_ratio, safety_borderline_ratio: Safety preference rows mixed in at
             set shares [5.4.3] (``training.safety.mix``).
     """
@@ -92,38 +103,54 @@ class FormattingMaskedPreferenceCollator(DataCollatorForPreference):
         return output
 
 
-def encode_preference_row(tokenizer, row: dict[str, Any]) -> dict[str, list[int]]:
-    """Prompt, chosen and rejected ids of a conversational row, with the completions' formatting masks."""
-    from hf_llama3 import encode_dialog
+def prepare_dpo_rows(
+    dataset: Dataset, tokenizer, config: Llama3DPOConfig, what: str
+) -> tuple[Dataset, dict[str, int]]:
+    """Checked preference rows after the hygiene rules [4.2.1], as tokenized pairs with formatting masks [4.1.4].
 
-    prompt = encode_dialog(tokenizer, row["prompt"], add_generation_prompt=True)
-    out: dict[str, list[int]] = {"prompt_ids": prompt.input_ids}
-    start = len(prompt.input_ids)
-    for key in ("chosen", "rejected"):
-        full = encode_dialog(tokenizer, list(row["prompt"]) + list(row[key]))
-        if full.input_ids[:start] != prompt.input_ids:
-            raise ValueError(f"The dialog encodes the prompt differently with the {key} response.")
-        out[f"{key}_ids"] = full.input_ids[start:]
-        out[f"{key}_formatting_mask"] = full.formatting_mask[start:]
-    return out
-
-
-def find_bad_preference_rows(dataset: Dataset) -> list[str]:
-    """Row problems by number: missing columns, empty prompt, chosen or rejected."""
-    missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
-    if missing:
+    A row with ``k`` ranked responses gives its ``k (k - 1) / 2`` ordered pairs (better, worse). Returns the pairs
+    (``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and, with ``mask_formatting_tokens``, the two masks) and the
+    counts of what each rule kept and dropped.
+    """
+    columns = set(dataset.column_names)
+    pretokenized = "prompt_ids" in columns
+    if pretokenized and config.mask_formatting_tokens and not set(FORMATTING_COLUMNS) <= columns:
         raise ValueError(
-            f"DPO dataset columns {sorted(dataset.column_names)} lack {sorted(missing)}: each row needs a prompt "
-            "(chat messages) and chosen/rejected assistant messages."
+            f"{what}: pre-tokenized rows carry no {FORMATTING_COLUMNS}, so the formatting tokens cannot be masked "
+            "[4.1.4]; add those columns (1 on header and termination tokens) or set mask_formatting_tokens: false."
         )
-    from training.reward import _is_empty
-
-    return [
-        f"row {i}: empty {key}"
-        for i, row in enumerate(dataset)
-        for key in ("prompt", "chosen", "rejected")
-        if _is_empty(row[key])
-    ]
+    rows, summary = clean_ranked_rows(dataset, what, max_responses=8, **config.hygiene_settings())
+    if pretokenized:
+        kept = dataset.select([index for index, _, _ in rows])
+        keep = ["prompt_ids", "chosen_ids", "rejected_ids"] + (
+            FORMATTING_COLUMNS if config.mask_formatting_tokens else []
+        )
+        return kept.select_columns(keep), summary | {"pairs": len(kept)}
+    pairs, origins = [], []
+    for index, prompt, responses in rows:
+        prompt_ids, response_ids, masks = encode_prompt_and_responses(tokenizer, prompt, responses)
+        for better in range(len(responses)):
+            for worse in range(better + 1, len(responses)):
+                pair = {
+                    "prompt_ids": prompt_ids,
+                    "chosen_ids": response_ids[better],
+                    "rejected_ids": response_ids[worse],
+                }
+                if config.mask_formatting_tokens:
+                    pair |= {"chosen_formatting_mask": masks[better], "rejected_formatting_mask": masks[worse]}
+                pairs.append(pair)
+                origins.append(index)
+    summary |= {"ranked_rows": sum(len(r) > 2 for _, _, r in rows), "pairs": len(pairs)}
+    if config.max_length is not None:
+        too_long = [
+            f"row {index}: {n} tokens"
+            for index, pair in zip(origins, pairs)
+            if (n := len(pair["prompt_ids"]) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"])))
+            > config.max_length
+        ]
+        raise_for_problems(sorted(set(too_long)), f"{what} (max_length={config.max_length})")
+    logger.info("%s: %s [paper 4.2.1]", what, summary)
+    return Dataset.from_list(pairs), summary
 
 
 class Llama3DPOTrainer(DPOTrainer):
@@ -142,6 +169,7 @@ class Llama3DPOTrainer(DPOTrainer):
         if ref_model is None and not uses_peft and not args.precompute_ref_log_probs:
             # The starting policy, frozen: the reference without a round trip through disk.
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.data_summary: dict[str, dict[str, int]] = {}  # per split: what the hygiene rules kept and dropped
         kwargs.setdefault(
             "data_collator",
             FormattingMaskedPreferenceCollator(
@@ -161,61 +189,68 @@ class Llama3DPOTrainer(DPOTrainer):
         )
 
     def _prepare_dataset(self, dataset: Dataset, processing_class, args, dataset_name: str):
-        if "prompt_ids" in dataset.column_names:
-            return dataset
-        from training.reward import raise_for_problems
-
-        raise_for_problems(find_bad_preference_rows(dataset), f"{dataset_name} dataset")
-        first = dataset[0]
-        if not (getattr(args, "mask_formatting_tokens", False) and isinstance(first["prompt"], list)):
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        encoded = dataset.map(
-            lambda row: encode_preference_row(processing_class, row), remove_columns=dataset.column_names
-        )
-        if args.max_length is not None:
-            too_long = [
-                f"row {i}: {len(r['prompt_ids']) + max(len(r['chosen_ids']), len(r['rejected_ids']))} tokens"
-                for i, r in enumerate(encoded)
-                if len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > args.max_length
-            ]
-            raise_for_problems(too_long, f"{dataset_name} dataset (max_length={args.max_length})")
-        return encoded
+        columns = set(dataset.column_names)
+        if "chosen_ids" in columns and (set(FORMATTING_COLUMNS) <= columns or not args.mask_formatting_tokens):
+            return dataset  # prepared already (by prepare_dpo_rows in train(), or by the user)
+        prepared, summary = prepare_dpo_rows(dataset, processing_class, args, f"{dataset_name} dataset")
+        self.data_summary[dataset_name] = summary
+        return prepared
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         self._signature_columns = [*self._signature_columns, *FORMATTING_COLUMNS]
 
 
-def main(argv: list[str]) -> int:
-    """``hf-llama3 dpo``: preference-optimise a policy on the latest preference data [4.1.4]."""
+def load_dpo_data(config: Llama3DPOConfig, tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    """Train pairs (``dataset_path`` with the safety mix [5.4.3]) and eval pairs, checked and cleaned [4.2.1]."""
+    from training.post_rows import load_rows
+
+    summary = {}
+    rows = mix_from_config(load_rows(config.dataset_path), config, seed=config.seed)
+    train_rows, summary[config.dataset_path] = prepare_dpo_rows(rows, tokenizer, config, config.dataset_path)
+    eval_rows = None
+    if config.eval_dataset_path:
+        eval_rows, summary[config.eval_dataset_path] = prepare_dpo_rows(
+            load_rows(config.eval_dataset_path), tokenizer, config, config.eval_dataset_path
+        )
+    return train_rows, eval_rows, summary
+
+
+def train(config: Llama3DPOConfig, tokenizer=None, data=None, resume: bool = True) -> Path:
+    """Preference-optimise ``config.model_name_or_path`` and export it to ``output_dir/final``; returns that folder.
+
+    ``data`` is :func:`load_dpo_data`'s result when the caller checked the data already; ``resume`` picks up the
+    newest ``checkpoint-N`` in ``output_dir``.
+    """
     from transformers import AutoModelForCausalLM
 
-    from training.post_cli import (
-        export_model,
-        last_checkpoint,
-        load_rows,
-        load_stage_config,
-        load_stage_tokenizer,
-        lora_config,
-        run_stage,
-        stage_parser,
+    from training.post_cli import export_model, last_checkpoint, load_stage_tokenizer, lora_config
+    from training.post_precision import export_dtype, load_trainable
+
+    tokenizer = tokenizer or load_stage_tokenizer(config)
+    train_rows, eval_rows, summary = data or load_dpo_data(config, tokenizer)
+    trainer = Llama3DPOTrainer(
+        model=load_trainable(AutoModelForCausalLM, config.model_name_or_path, config),
+        args=config,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(config, "CAUSAL_LM"),
     )
+    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir) if resume else None)
+    return export_model(trainer, Path(config.output_dir) / "final", dtype=export_dtype(config), summary=summary)
+
+
+def main(argv: list[str]) -> int:
+    """``hf-llama3 dpo``: preference-optimise a policy on the latest preference data [4.1.4]."""
+    from training.post_cli import check_model_path, load_stage_config, load_stage_tokenizer, run_stage, stage_parser
 
     args = stage_parser(
         "dpo", "DPO with formatting-token masking and an NLL term (paper 4.1.4).", Llama3DPOConfig
     ).parse_args(argv)
     config = load_stage_config(Llama3DPOConfig, args)
-
-    def train() -> None:
-        trainer = Llama3DPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(config.model_name_or_path),
-            args=config,
-            train_dataset=mix_from_config(load_rows(config.dataset_path), config, seed=config.seed),
-            eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
-            processing_class=load_stage_tokenizer(config),
-            peft_config=lora_config(config, "CAUSAL_LM"),
-        )
-        trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
-        export_model(trainer, f"{config.output_dir}/final")
-
-    return run_stage("dpo", config, train)
+    # Checked before run_stage creates output_dir: a bad model path or data file leaves nothing behind.
+    check_model_path(config.model_name_or_path)
+    tokenizer = load_stage_tokenizer(config)
+    data = load_dpo_data(config, tokenizer)
+    return run_stage("dpo", config, lambda: train(config, tokenizer, data))

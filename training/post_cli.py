@@ -17,11 +17,12 @@ import argparse
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import hf_llama3  # noqa: F401  (registers model_type llama3 with the Auto classes every stage loads through)
 from hf_llama3 import recipe_loader
 from hf_llama3.recipe_loader import read_yaml  # noqa: F401  (re-exported: stages and tests read recipes through it)
+from training.post_rows import load_rows  # noqa: F401  (re-exported: every stage reads its data files through it)
 
 ConfigT = TypeVar("ConfigT")
 
@@ -111,6 +112,10 @@ class StageInputs:
         use_peft: Train LoRA adapters through PEFT instead of all weights; the export is merged [our setting,
             the paper trains all weights].
         lora_r, lora_alpha, lora_dropout, lora_target_modules: The LoRA adapter (PEFT ``LoraConfig``).
+        weights_dtype: dtype of the trainable weights: ``float32`` (fp32 master weights, computed under bf16 autocast
+            when ``bf16`` is on) or ``bfloat16`` (pure bf16: half the memory, but updates smaller than 1/512 of a
+            weight are lost, so most weights never change at the paper's 1e-5; a warning says so).
+        export_dtype: dtype of the exported model; ``None`` keeps the dtype of ``model_name_or_path``'s checkpoint.
     """
 
     model_name_or_path: str = ""
@@ -122,6 +127,8 @@ class StageInputs:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
+    weights_dtype: Literal["float32", "bfloat16"] = "float32"
+    export_dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
     RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = TRAINER_CONSTRAINTS
 
@@ -147,23 +154,6 @@ def lora_config(config: StageInputs, task_type: str):
     )
 
 
-def load_rows(path: str | Path):
-    """Load a dataset file (json, jsonl, parquet) or a ``save_to_disk`` folder as a ``datasets.Dataset``."""
-    import datasets
-
-    path = Path(path)
-    if not str(path) or not path.exists():
-        raise FileNotFoundError(
-            f"Dataset {str(path)!r} does not exist: set dataset_path to a json/jsonl/parquet file."
-        )
-    if path.is_dir():
-        return datasets.load_from_disk(str(path))
-    kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-    if path.suffix not in kinds:
-        raise ValueError(f"Dataset {path}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet.")
-    return datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
-
-
 def load_stage_tokenizer(config: StageInputs):
     """The stage's tokenizer: ``tokenizer_name_or_path``, else the model folder's, else the real Llama 3 one."""
     from transformers import AutoTokenizer
@@ -176,19 +166,59 @@ def load_stage_tokenizer(config: StageInputs):
     return load_tokenizer()
 
 
-def export_model(trainer, output_dir: str | Path) -> Path:
-    """Save the trained model (LoRA adapters merged into the base weights) and tokenizer, atomically."""
+def check_model_path(path: str, key: str = "model_name_or_path") -> None:
+    """Refuse a checkpoint folder that is not there (or holds no ``config.json``) before anything loads.
+
+    A local path that does not exist would otherwise reach the Hub client, whose "Repo id must be in the form"
+    error does not say the folder is missing. A bare ``org/name`` that is not a folder is left to the Hub.
+    """
+    folder = Path(path)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{key}: {path!r} holds no config.json; give a checkpoint folder (config.json + weights)."
+            )
+        return
+    looks_like_hub_id = len(folder.parts) == 2 and not path.startswith((".", "/", "~")) and not folder.exists()
+    if not path or not looks_like_hub_id:
+        raise FileNotFoundError(f"{key}: checkpoint folder {path!r} does not exist; give the folder of a saved model.")
+
+
+def export_model(trainer, output_dir: str | Path, dtype=None, summary: Mapping[str, Any] | None = None) -> Path:
+    """Write the trained model (in ``dtype``; LoRA adapters merged), its tokenizer and the data summary, atomically.
+
+    Full-weight models go through ``Trainer.save_model`` on every rank, which gathers sharded (FSDP) weights into
+    one checkpoint; the main process then reloads it with ``from_pretrained`` in ``dtype`` and installs it at
+    ``output_dir``. A PEFT model is merged into its base weights first (not sharded: LoRA runs without FSDP).
+    """
+    import json
+    import shutil
+
+    from accelerate.utils import is_peft_model
+
     from hf_llama3.checkpoint_io import atomic_output_dir
 
     output_dir = Path(output_dir)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
+    gathered = output_dir.parent / f".{output_dir.name}.gathered"
+    if not is_peft_model(model):
+        trainer.save_model(str(gathered))  # collective under FSDP: every rank takes part
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if is_peft_model(model):
+            model = model.merge_and_unload()
+        else:
+            model = type(model).from_pretrained(gathered, dtype=dtype or model.dtype)
+        if dtype is not None:
+            model = model.to(dtype)
         with atomic_output_dir(output_dir, overwrite=True) as staging:
             model.save_pretrained(staging)
             trainer.processing_class.save_pretrained(staging)
-    trainer.accelerator.wait_for_everyone()
+            if summary is not None:
+                (staging / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(gathered, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return output_dir
 
 

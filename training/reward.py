@@ -6,11 +6,12 @@ What the paper does and TRL does not:
 - the prompt and its responses, shuffled, are packed in one row: each response attends to the prompt and to itself
   only (a block mask), with positions continuing from the end of the prompt, so one forward scores all of them and
   each score equals the score of ``prompt + response`` on its own;
-- only pairs rated "significantly better" or "better" are kept when the data has a strength column.
+- only pairs rated "significantly better" or "better" are kept, and similar responses are dropped [4.2.1]
+  (:mod:`training.post_rows`, counted in the summary).
 
 Dataset columns: ``prompt`` and ``chosen``/``rejected`` (optionally ``edited``), or ``prompt`` and ``responses``
 (a list ranked best first); prompts are strings or chat messages, responses strings (or assistant-message lists).
-Pre-tokenized rows use ``prompt_ids`` and ``responses_ids``. Bad rows are reported with their row numbers.
+Pre-tokenized rows use ``prompt_ids`` and ``responses_ids``. Bad rows are reported with their file and row numbers.
 
     hf-llama3 reward --config recipes/tiny/reward.yaml
 """
@@ -21,40 +22,45 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from trl import RewardConfig, RewardTrainer
 
 from training.post_cli import StageInputs
+from training.post_rows import (  # noqa: F401  (ranked_responses, tokenize_prompt_and_responses, raise_for_problems: re-exported)
+    PACKED_COLUMNS,
+    PAD_SEGMENT,
+    PROMPT_SEGMENT,
+    PreferenceHygiene,
+    clean_ranked_rows,
+    load_rows,
+    pack_ranked_row,
+    raise_for_problems,
+    ranked_responses,
+    tokenize_prompt_and_responses,
+)
 
 logger = logging.getLogger(__name__)
 
-# [4.1.2] annotators rate preference strength on a 4-level scale; the paper keeps the two strongest levels.
-KEPT_STRENGTHS = ("significantly better", "better")
-# [4.1.2] ranking order of the response columns: edited > chosen > rejected.
-RANKED_COLUMNS = ("edited", "chosen", "rejected")
-PACKED_COLUMNS = ["input_ids", "position_ids", "segment_ids", "response_ends", "response_ranks"]
-PROMPT_SEGMENT, PAD_SEGMENT = 0, -1
-
 
 @dataclasses.dataclass
-class Llama3RewardConfig(RewardConfig, StageInputs):
+class Llama3RewardConfig(RewardConfig, StageInputs, PreferenceHygiene):
     """TRL's ``RewardConfig`` plus the paper's ranked-response settings [4.1.2] and the shared stage inputs.
 
     Args:
-        strength_column: Column holding the annotated preference strength; rows whose strength is not in
-            ``kept_strengths`` are dropped (and counted in the log). Ignored when the column is absent.
-        kept_strengths: Strength labels to keep [4.1.2: "significantly better" and "better"].
+        strength_column, kept_strengths, similar_response_ratio: The preference hygiene rules [4.2.1]
+            (:class:`training.post_rows.PreferenceHygiene`).
+        extra_dataset_paths: More preference files trained on with ``dataset_path`` (each checked on its own).
         shuffle_responses: Shuffle the responses inside each packed row [4.1.2], seeded by ``seed`` and the row
             index, so the model cannot learn a position bias.
     """
 
-    strength_column: str = "strength"
-    kept_strengths: list[str] = dataclasses.field(default_factory=lambda: list(KEPT_STRENGTHS))
+    extra_dataset_paths: list[str] = dataclasses.field(default_factory=list)
     shuffle_responses: bool = True
 
     def __post_init__(self) -> None:
@@ -62,120 +68,8 @@ class Llama3RewardConfig(RewardConfig, StageInputs):
         self.validate_inputs()
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must hold a prompt and a response, got {self.max_length}.")
-        self.kept_strengths = [s.strip().lower() for s in self.kept_strengths]
         # The packed rows carry their own columns; TRL's default would drop them before the collator sees them.
         self.remove_unused_columns = False
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Rows: validation, tokenization, packing
-
-
-def ranked_responses(row: dict[str, Any]) -> list[Any]:
-    """A row's responses, best first: the ``responses`` list, or whichever of edited/chosen/rejected are present."""
-    if "responses" in row:
-        return list(row["responses"] or [])
-    return [row[name] for name in RANKED_COLUMNS if row.get(name) is not None]
-
-
-def _is_empty(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return not any(str(m.get("content") or "").strip() for m in value)
-    return not value
-
-
-def check_columns(column_names: Sequence[str]) -> None:
-    """Raise if the dataset lacks the columns a ranked preference row needs."""
-    names = set(column_names)
-    if {"prompt_ids", "responses_ids"} <= names:
-        return
-    if "prompt" not in names or not ("responses" in names or {"chosen", "rejected"} <= names):
-        raise ValueError(
-            f"Reward dataset columns {sorted(names)} are missing what a ranked row needs: 'prompt' with either "
-            "'chosen' and 'rejected' (optionally 'edited') or 'responses' (a list ranked best first); "
-            "pre-tokenized rows need 'prompt_ids' and 'responses_ids'."
-        )
-
-
-def find_bad_rows(dataset: Dataset) -> list[str]:
-    """One message per malformed row: missing or empty prompt/responses, fewer than 2 or more than 3 responses."""
-    problems = []
-    tokenized = "prompt_ids" in dataset.column_names
-    for index, row in enumerate(dataset):
-        prompt = row["prompt_ids"] if tokenized else row.get("prompt")
-        responses = row["responses_ids"] if tokenized else ranked_responses(row)
-        if _is_empty(prompt):
-            problems.append(f"row {index}: empty prompt")
-        if not 2 <= len(responses) <= 3:
-            problems.append(f"row {index}: {len(responses)} responses (need 2 or 3, ranked best first)")
-        problems += [f"row {index}: response {k} is empty" for k, r in enumerate(responses) if _is_empty(r)]
-    return problems
-
-
-def raise_for_problems(problems: list[str], what: str, limit: int = 10) -> None:
-    """Raise one ValueError listing (up to ``limit``) row problems, so nothing trains on bad rows silently."""
-    if problems:
-        shown = "; ".join(problems[:limit]) + (
-            f"; ... ({len(problems) - limit} more)" if len(problems) > limit else ""
-        )
-        raise ValueError(f"{what}: {len(problems)} bad row(s): {shown}. Fix or drop these rows and rerun.")
-
-
-def tokenize_prompt_and_responses(
-    tokenizer, prompt: Any, responses: Sequence[Any]
-) -> tuple[list[int], list[list[int]]]:
-    """Token ids of a prompt and of each response continuing it.
-
-    Chat prompts (lists of messages) are encoded with ``hf_llama3.encode_dialog`` (the Llama 3.1 dialog format,
-    ending with the assistant header); each response is the rest of the encoded conversation: its content and
-    ``<|eot_id|>``. Plain-text prompts get ``<|begin_of_text|>`` and responses end with the EOS token.
-    """
-    from hf_llama3 import encode_dialog
-
-    if isinstance(prompt, str):
-        prompt_ids = tokenizer(prompt).input_ids
-        eos = tokenizer.eos_token_id
-        return prompt_ids, [[*tokenizer(r, add_special_tokens=False).input_ids, eos] for r in responses]
-    prompt_ids = encode_dialog(tokenizer, prompt, add_generation_prompt=True).input_ids
-    response_ids = []
-    for response in responses:
-        message = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
-        full_ids = encode_dialog(tokenizer, list(prompt) + list(message)).input_ids
-        if full_ids[: len(prompt_ids)] != prompt_ids:
-            raise ValueError("The dialog encodes the prompt differently with and without a response.")
-        response_ids.append(full_ids[len(prompt_ids) :])
-    return prompt_ids, response_ids
-
-
-def pack_ranked_row(
-    prompt_ids: Sequence[int], ranked_response_ids: Sequence[Sequence[int]], order: Sequence[int] | None = None
-) -> dict[str, list]:
-    """Pack a prompt and its responses into one row [4.1.2].
-
-    ``order`` lists which ranked response goes in each packed slot (default: ranked order). Returns the packed
-    ``input_ids``, ``position_ids`` (each response continues from the end of the prompt), ``segment_ids``
-    (0 for the prompt, slot + 1 for a response), ``response_ends`` (index of each slot's last token) and
-    ``response_ranks`` (0 = best).
-    """
-    order = list(range(len(ranked_response_ids))) if order is None else list(order)
-    input_ids, positions = list(prompt_ids), list(range(len(prompt_ids)))
-    segments, ends, ranks = [PROMPT_SEGMENT] * len(prompt_ids), [], []
-    for slot, rank in enumerate(order):
-        response = list(ranked_response_ids[rank])
-        input_ids += response
-        positions += range(len(prompt_ids), len(prompt_ids) + len(response))
-        segments += [slot + 1] * len(response)
-        ends.append(len(input_ids) - 1)
-        ranks.append(rank)
-    return {
-        "input_ids": input_ids,
-        "position_ids": positions,
-        "segment_ids": segments,
-        "response_ends": ends,
-        "response_ranks": ranks,
-    }
 
 
 def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -296,6 +190,7 @@ class Llama3RewardTrainer(RewardTrainer):
                 "The tokenizer has no pad token: set tokenizer.pad_token (Llama 3 uses <|finetune_right_pad_id|>)."
             )
         kwargs.setdefault("data_collator", PackedRankingCollator(pad_token_id=processing_class.pad_token_id))
+        self.data_summary: dict[str, dict[str, int]] = {}  # per split: what the hygiene rules kept and dropped
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs
         )
@@ -304,42 +199,8 @@ class Llama3RewardTrainer(RewardTrainer):
     def _prepare_dataset(self, dataset: Dataset, processing_class, args: Llama3RewardConfig, dataset_name: str):
         if set(PACKED_COLUMNS) <= set(dataset.column_names):
             return dataset
-        check_columns(dataset.column_names)
-        raise_for_problems(find_bad_rows(dataset), f"{dataset_name} dataset")
-        if args.strength_column in dataset.column_names:
-            before = len(dataset)
-            kept = set(args.kept_strengths)
-            dataset = dataset.filter(lambda row: str(row[args.strength_column]).strip().lower() in kept)
-            logger.info(
-                "%s: kept %d of %d rows rated %s [paper 4.1.2]",
-                dataset_name,
-                len(dataset),
-                before,
-                args.kept_strengths,
-            )
-            if len(dataset) == 0:
-                raise ValueError(f"{dataset_name} dataset: no row has a strength in {args.kept_strengths}.")
-
-        def pack(row: dict[str, Any], index: int) -> dict[str, list]:
-            if "prompt_ids" in row:
-                prompt_ids, response_ids = row["prompt_ids"], row["responses_ids"]
-            else:
-                prompt_ids, response_ids = tokenize_prompt_and_responses(
-                    processing_class, row["prompt"], ranked_responses(row)
-                )
-            order = list(range(len(response_ids)))
-            if args.shuffle_responses:
-                random.Random(args.seed * 1_000_003 + index).shuffle(order)
-            return pack_ranked_row(prompt_ids, response_ids, order)
-
-        packed = dataset.map(pack, with_indices=True, remove_columns=dataset.column_names)
-        if args.max_length is not None:
-            too_long = [
-                f"row {i}: {n} tokens packed"
-                for i, n in enumerate(len(ids) for ids in packed["input_ids"])
-                if n > args.max_length
-            ]
-            raise_for_problems(too_long, f"{dataset_name} dataset (max_length={args.max_length})")
+        packed, summary = prepare_reward_rows(dataset, processing_class, args, f"{dataset_name} dataset")
+        self.data_summary[dataset_name] = summary
         return packed
 
     def _set_signature_columns_if_needed(self):
@@ -371,38 +232,84 @@ class Llama3RewardTrainer(RewardTrainer):
         return (loss, {"rewards": rewards}) if return_outputs else loss
 
 
-def main(argv: list[str]) -> int:
-    """``hf-llama3 reward``: train a reward model from a pre-trained checkpoint [4.1.2]."""
+def prepare_reward_rows(
+    dataset: Dataset, tokenizer, config: Llama3RewardConfig, what: str
+) -> tuple[Dataset, dict[str, int]]:
+    """Checked rows after the hygiene rules [4.2.1], packed [4.1.2]; with the counts of what each rule dropped."""
+    rows, summary = clean_ranked_rows(dataset, what, **config.hygiene_settings())
+    packed_rows = []
+    for index, prompt, responses in rows:
+        if "prompt_ids" in dataset.column_names:
+            prompt_ids, response_ids = list(prompt), [list(r) for r in responses]
+        else:
+            prompt_ids, response_ids = tokenize_prompt_and_responses(tokenizer, prompt, responses)
+        order = list(range(len(response_ids)))
+        if config.shuffle_responses:
+            random.Random(config.seed * 1_000_003 + index).shuffle(order)
+        packed_rows.append(pack_ranked_row(prompt_ids, response_ids, order))
+    if config.max_length is not None:
+        too_long = [
+            f"row {index}: {len(packed['input_ids'])} tokens packed"
+            for (index, _, _), packed in zip(rows, packed_rows)
+            if len(packed["input_ids"]) > config.max_length
+        ]
+        raise_for_problems(too_long, f"{what} (max_length={config.max_length})")
+    logger.info("%s: %s [paper 4.2.1]", what, summary)
+    return Dataset.from_list(packed_rows), summary
+
+
+def load_reward_data(config: Llama3RewardConfig, tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    """Train rows (``dataset_path`` + ``extra_dataset_paths``, each file checked and packed) and eval rows, packed.
+
+    Returns the summary too: per file, what the hygiene rules [4.2.1] kept and dropped.
+    """
+    parts, summary = [], {}
+    for path in [config.dataset_path, *config.extra_dataset_paths]:
+        packed, summary[str(path)] = prepare_reward_rows(load_rows(path), tokenizer, config, str(path))
+        parts.append(packed)
+    evaluation = None
+    if config.eval_dataset_path:
+        evaluation, summary[config.eval_dataset_path] = prepare_reward_rows(
+            load_rows(config.eval_dataset_path), tokenizer, config, config.eval_dataset_path
+        )
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0], evaluation, summary
+
+
+def train(config: Llama3RewardConfig, tokenizer=None, data=None, resume: bool = True) -> Path:
+    """Train a reward model from ``config`` and export it to ``output_dir/final``; returns that folder.
+
+    ``data`` is :func:`load_reward_data`'s result when the caller checked the data already; ``resume`` picks up
+    the newest ``checkpoint-N`` in ``output_dir``.
+    """
     from transformers import AutoModelForSequenceClassification
 
-    from training.post_cli import (
-        export_model,
-        last_checkpoint,
-        load_rows,
-        load_stage_config,
-        load_stage_tokenizer,
-        lora_config,
-        run_stage,
-        stage_parser,
+    from training.post_cli import export_model, last_checkpoint, load_stage_tokenizer, lora_config
+    from training.post_precision import export_dtype, load_trainable
+
+    tokenizer = tokenizer or load_stage_tokenizer(config)
+    train_rows, eval_rows, summary = data or load_reward_data(config, tokenizer)
+    model = load_trainable(AutoModelForSequenceClassification, config.model_name_or_path, config, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = Llama3RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(config, "SEQ_CLS"),
     )
+    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir) if resume else None)
+    return export_model(trainer, Path(config.output_dir) / "final", dtype=export_dtype(config), summary=summary)
+
+
+def main(argv: list[str]) -> int:
+    """``hf-llama3 reward``: train a reward model from a pre-trained checkpoint [4.1.2]."""
+    from training.post_cli import check_model_path, load_stage_config, load_stage_tokenizer, run_stage, stage_parser
 
     parser = stage_parser("reward", "Train a reward model on ranked responses (paper 4.1.2).", Llama3RewardConfig)
-    args = parser.parse_args(argv)
-    config = load_stage_config(Llama3RewardConfig, args)
-
-    def train() -> None:
-        tokenizer = load_stage_tokenizer(config)
-        model = AutoModelForSequenceClassification.from_pretrained(config.model_name_or_path, num_labels=1)
-        model.config.pad_token_id = tokenizer.pad_token_id
-        trainer = Llama3RewardTrainer(
-            model=model,
-            args=config,
-            train_dataset=load_rows(config.dataset_path),
-            eval_dataset=load_rows(config.eval_dataset_path) if config.eval_dataset_path else None,
-            processing_class=tokenizer,
-            peft_config=lora_config(config, "SEQ_CLS"),
-        )
-        trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
-        export_model(trainer, f"{config.output_dir}/final")
-
-    return run_stage("reward", config, train)
+    config = load_stage_config(Llama3RewardConfig, parser.parse_args(argv))
+    # Checked before run_stage creates output_dir: a bad model path or data file leaves nothing behind.
+    check_model_path(config.model_name_or_path)
+    tokenizer = load_stage_tokenizer(config)
+    data = load_reward_data(config, tokenizer)
+    return run_stage("reward", config, lambda: train(config, tokenizer, data))

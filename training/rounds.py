@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from datasets import Dataset, concatenate_datasets
 
 from training.post_cli import build_config, load_rows, load_stage_config, stage_parser
 
@@ -56,7 +55,7 @@ class RoundsConfig:
             ranked pairs; missing or null entries use the reward model.
         preference_samples: Samples per prompt when collecting new pairs (best vs worst by reward).
         dpo_seeds: One DPO run per seed; more than one are averaged [4.1.5].
-        kept_strengths: Preference strengths kept for reward modelling [4.1.2].
+        kept_strengths: Preference strengths kept for reward modelling and DPO [4.2.1].
         eval_max_new_tokens: Length of the greedy answers scored in the evaluation.
         reward, rejection_sampling, sft, dpo: Overrides for each stage's config (any field of
             ``Llama3RewardConfig``, ``RejectionSamplingConfig``, ``Llama3SFTConfig``, ``Llama3DPOConfig``).
@@ -117,22 +116,6 @@ def run_step(folder: Path, fn: Callable[[Path], Any]) -> Path:
     return folder
 
 
-def canonical_preferences(dataset: Dataset, kept_strengths: list[str]) -> Dataset:
-    """``prompt`` (messages) and ``responses`` (strings, best first) rows; rows with a weak strength dropped [4.1.2]."""
-    from training.reward import ranked_responses
-
-    if "strength" in dataset.column_names:
-        kept = {s.lower() for s in kept_strengths}
-        dataset = dataset.filter(lambda row: str(row["strength"]).strip().lower() in kept)
-
-    def canonical(row: dict[str, Any]) -> dict[str, Any]:
-        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-        texts = [r[-1]["content"] if isinstance(r, list) else r for r in ranked_responses(row)]
-        return {"prompt": [{"role": m["role"], "content": m["content"]} for m in prompt], "responses": texts}
-
-    return dataset.map(canonical, remove_columns=dataset.column_names)
-
-
 class RoundsRunner:
     """Runs the rounds of a ``RoundsConfig``; every step is skipped when its ``DONE`` marker exists."""
 
@@ -180,30 +163,25 @@ class RoundsRunner:
 
     # -- stages --------------------------------------------------------------------------------------------------
 
-    def _stage_args(self, overrides: dict[str, Any], out: Path, **extra: Any) -> dict[str, Any]:
-        return {**overrides, **extra, "output_dir": str(out / "trainer")}
+    def _stage_config(self, cls: type, overrides: dict[str, Any], out: Path, **extra: Any):
+        """A stage's config: the recipe's overrides for it, then this step's inputs; it exports to ``out/final``."""
+        return build_config(cls, {**overrides, **extra, "output_dir": str(out)})
 
     def train_reward(self, r: int, out: Path) -> None:
-        from transformers import AutoModelForSequenceClassification
+        """[4.1.2] on every preference file so far (the seed data and each earlier round's pairs)."""
+        from training.reward import Llama3RewardConfig, train
 
-        from training.post_cli import export_model, lora_config
-        from training.reward import Llama3RewardConfig, Llama3RewardTrainer
-
-        parts = [canonical_preferences(load_rows(p), self.config.kept_strengths) for p in self.preference_files(r)]
-        config = build_config(
-            Llama3RewardConfig, self._stage_args(self.config.reward, out, model_name_or_path=self.config.base_model)
+        first, *rest = self.preference_files(r)
+        config = self._stage_config(
+            Llama3RewardConfig,
+            self.config.reward,
+            out,
+            model_name_or_path=self.config.base_model,
+            dataset_path=first,
+            extra_dataset_paths=rest,
+            kept_strengths=list(self.config.kept_strengths),
         )
-        model = AutoModelForSequenceClassification.from_pretrained(self.config.base_model, num_labels=1)
-        model.config.pad_token_id = self.tokenizer.pad_token_id
-        trainer = Llama3RewardTrainer(
-            model=model,
-            args=config,
-            train_dataset=concatenate_datasets(parts),
-            processing_class=self.tokenizer,
-            peft_config=lora_config(config, "SEQ_CLS"),
-        )
-        trainer.train()
-        export_model(trainer, out / "final")
+        train(config, self.tokenizer, resume=False)
 
     def _rejection_config(self, out: Path, policy: str, reward_model: str, **extra: Any):
         from training.rejection_sampling import RejectionSamplingConfig
@@ -220,26 +198,18 @@ class RoundsRunner:
         rejection_sample(self._rejection_config(out, policy, reward_model, seed=r), tokenizer=self.tokenizer)
 
     def train_sft(self, r: int, out: Path) -> None:
-        from transformers import AutoModelForCausalLM
+        """[4.1.3] from the pre-trained checkpoint on this round's rejection samples and the user's SFT data."""
+        from training.sft import Llama3SFTConfig, train
 
-        from training.post_cli import export_model
-        from training.sft import Llama3SFTConfig, load_sft_dataset, make_trainer
-
-        rs_data = str(self.round_dir(r) / "rejection_sampling" / "sft.jsonl")
-        config = build_config(
+        config = self._stage_config(
             Llama3SFTConfig,
-            self._stage_args(
-                self.config.sft,
-                out,
-                model_name_or_path=self.config.base_model,
-                dataset_path=rs_data,
-                extra_dataset_paths=list(self.config.sft_extra_paths),
-            ),
+            self.config.sft,
+            out,
+            model_name_or_path=self.config.base_model,
+            dataset_path=str(self.round_dir(r) / "rejection_sampling" / "sft.jsonl"),
+            extra_dataset_paths=list(self.config.sft_extra_paths),
         )
-        model = AutoModelForCausalLM.from_pretrained(self.config.base_model)
-        trainer = make_trainer(config, model, self.tokenizer, load_sft_dataset(config))
-        trainer.train()
-        export_model(trainer, out / "final")
+        train(config, self.tokenizer, resume=False)
 
     def collect_preferences(self, r: int, out: Path) -> None:
         """New pairs from the latest (SFT) model ranked by the reward model, or the round's annotation file."""
@@ -259,26 +229,19 @@ class RoundsRunner:
         rejection_sample(config, tokenizer=self.tokenizer)
 
     def train_dpo(self, r: int, out: Path, seed: int) -> None:
-        from transformers import AutoModelForCausalLM
+        """[4.1.4] from this round's SFT model on its newest preferences (their strength column kept [4.2.1])."""
+        from training.dpo import Llama3DPOConfig, train
 
-        from training.dpo import Llama3DPOConfig, Llama3DPOTrainer
-        from training.post_cli import export_model, lora_config
-
-        sft_model = str(self.round_dir(r) / "sft" / "final")
-        preferences = load_rows(self.round_dir(r) / "preferences" / "preferences.jsonl")
-        preferences = preferences.select_columns(["prompt", "chosen", "rejected"])
-        config = build_config(
-            Llama3DPOConfig, self._stage_args(self.config.dpo, out, model_name_or_path=sft_model, seed=seed)
+        config = self._stage_config(
+            Llama3DPOConfig,
+            self.config.dpo,
+            out,
+            model_name_or_path=str(self.round_dir(r) / "sft" / "final"),
+            dataset_path=str(self.round_dir(r) / "preferences" / "preferences.jsonl"),
+            kept_strengths=list(self.config.kept_strengths),
+            seed=seed,
         )
-        trainer = Llama3DPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(sft_model),
-            args=config,
-            train_dataset=preferences,
-            processing_class=self.tokenizer,
-            peft_config=lora_config(config, "CAUSAL_LM"),
-        )
-        trainer.train()
-        export_model(trainer, out / "final")
+        train(config, self.tokenizer, resume=False)
 
     def average(self, out: Path, checkpoints: list[Path]) -> None:
         from hf_llama3.checkpoint_io import atomic_output_dir

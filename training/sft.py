@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 from trl import SFTConfig, SFTTrainer
@@ -52,25 +53,32 @@ class Llama3SFTConfig(SFTConfig, StageInputs, SafetyMixInputs):
 
 
 def check_sft_rows(dataset: Dataset, name: str = "SFT dataset") -> None:
-    """Report malformed rows by number: no ``messages``/``prompt``+``completion``, no assistant turn, empty turns."""
-    from training.reward import raise_for_problems
+    """Report malformed rows by number: wrong columns, no assistant turn, empty turns, messages that are no dialog."""
+    from training.post_rows import dialog_problem, raise_for_problems
 
     columns = set(dataset.column_names)
     if "messages" not in columns and not {"prompt", "completion"} <= columns:
+        looks_like = ""
+        if "prompt" in columns and ({"chosen", "rejected"} <= columns or "responses" in columns):
+            looks_like = " (these are preference rows: give them to `hf-llama3 dpo` or `hf-llama3 reward`)"
         raise ValueError(
-            f"{name}: columns {sorted(columns)} have neither 'messages' (a dialog) nor 'prompt' and 'completion'."
+            f"{name}: columns {sorted(columns)} have neither 'messages' (a dialog) nor 'prompt' and 'completion'"
+            f"{looks_like}."
         )
     problems = []
     for index, row in enumerate(dataset):
         if "messages" in columns:
             messages = row["messages"] or []
-            if not any(m.get("role") == "assistant" for m in messages):
+            if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
                 problems.append(f"row {index}: no assistant turn to train on")
             problems += [
                 f"row {index}: message {k} ({m.get('role')}) is empty"
                 for k, m in enumerate(messages)
-                if not str(m.get("content") or "").strip() and not m.get("tool_calls")
+                if isinstance(m, dict) and not str(m.get("content") or "").strip() and not m.get("tool_calls")
             ]
+            problem = dialog_problem(messages) if messages else None
+            if problem:
+                problems.append(f"row {index}: messages: {problem}")
         else:
             for key in ("prompt", "completion"):
                 if not row[key]:
@@ -93,7 +101,7 @@ def load_sft_dataset(config: Llama3SFTConfig) -> Dataset:
 def make_trainer(config: Llama3SFTConfig, model, tokenizer, train_dataset: Dataset, **kwargs) -> SFTTrainer:
     """An SFTTrainer for our model and tokenizer; rows longer than ``max_length`` are reported, not truncated."""
     from training.post_cli import lora_config
-    from training.reward import raise_for_problems
+    from training.post_rows import raise_for_problems
 
     if config.max_length is not None and "messages" in train_dataset.column_names:
         too_long = []
@@ -112,29 +120,36 @@ def make_trainer(config: Llama3SFTConfig, model, tokenizer, train_dataset: Datas
     )
 
 
-def main(argv: list[str]) -> int:
-    """``hf-llama3 sft``: fine-tune a policy on SFT dialogs (rejection-sampled and user data) [4.1.3]."""
+def train(config: Llama3SFTConfig, tokenizer=None, data: Dataset | None = None, resume: bool = True) -> Path:
+    """Fine-tune ``config.model_name_or_path`` and export it to ``output_dir/final``; returns that folder.
+
+    ``data`` is :func:`load_sft_dataset`'s result when the caller checked the data already; ``resume`` picks up
+    the newest ``checkpoint-N`` in ``output_dir``.
+    """
     from transformers import AutoModelForCausalLM
 
-    from training.post_cli import (
-        export_model,
-        last_checkpoint,
-        load_stage_config,
-        load_stage_tokenizer,
-        run_stage,
-        stage_parser,
-    )
+    from training.post_cli import export_model, last_checkpoint, load_stage_tokenizer
+    from training.post_precision import export_dtype, load_trainable
+
+    tokenizer = tokenizer or load_stage_tokenizer(config)
+    data = load_sft_dataset(config) if data is None else data
+    model = load_trainable(AutoModelForCausalLM, config.model_name_or_path, config)
+    trainer = make_trainer(config, model, tokenizer, data)
+    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir) if resume else None)
+    summary = {"rows": len(data)}
+    return export_model(trainer, Path(config.output_dir) / "final", dtype=export_dtype(config), summary=summary)
+
+
+def main(argv: list[str]) -> int:
+    """``hf-llama3 sft``: fine-tune a policy on SFT dialogs (rejection-sampled and user data) [4.1.3]."""
+    from training.post_cli import check_model_path, load_stage_config, load_stage_tokenizer, run_stage, stage_parser
 
     args = stage_parser(
         "sft", "Supervised fine-tuning with assistant-only loss and packing (paper 4.1.3).", Llama3SFTConfig
     ).parse_args(argv)
     config = load_stage_config(Llama3SFTConfig, args)
-
-    def train() -> None:
-        tokenizer = load_stage_tokenizer(config)
-        model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
-        trainer = make_trainer(config, model, tokenizer, load_sft_dataset(config))
-        trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
-        export_model(trainer, f"{config.output_dir}/final")
-
-    return run_stage("sft", config, train)
+    # Checked before run_stage creates output_dir: a bad model path or data file leaves nothing behind.
+    check_model_path(config.model_name_or_path)
+    tokenizer = load_stage_tokenizer(config)
+    data = load_sft_dataset(config)
+    return run_stage("sft", config, lambda: train(config, tokenizer, data))

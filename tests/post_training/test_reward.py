@@ -9,9 +9,9 @@ import torch
 from datasets import Dataset
 
 from tests.post_training.conftest import tiny_reward_model
+from training.post_rows import find_bad_ranked_rows
 from training.reward import (
     PackedRankingCollator,
-    find_bad_rows,
     pack_ranked_row,
     packed_attention_mask,
     packed_rewards,
@@ -95,10 +95,10 @@ def test_bad_rows_are_reported_with_row_numbers():
             {"prompt": "p", "chosen": "  ", "rejected": "b", "edited": "c"},
         ]
     )
-    problems = find_bad_rows(rows)
-    assert problems == ["row 1: empty prompt", "row 2: response 1 is empty"]
+    problems = find_bad_ranked_rows(rows)
+    assert problems == ["row 1: empty prompt", "row 2: empty chosen"]
     one = Dataset.from_list([{"prompt": "p", "responses": ["only one"]}])
-    assert find_bad_rows(one) == ["row 0: 1 responses (need 2 or 3, ranked best first)"]
+    assert find_bad_ranked_rows(one) == ["row 0: 1 responses (need 2 to 3, ranked best first)"]
 
 
 def _trainer(tmp_path, tokenizer, rows, **overrides):
@@ -169,9 +169,9 @@ def test_trainer_rejects_bad_rows_and_long_rows(tmp_path, tokenizer):
         {"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"},
         {"prompt": "Hi", "chosen": "", "rejected": "Go away"},
     ]
-    with pytest.raises(ValueError, match="row 1: response 0 is empty"):
+    with pytest.raises(ValueError, match="row 1: empty chosen"):
         _trainer(tmp_path, tokenizer, rows)
-    with pytest.raises(ValueError, match="missing what a ranked row needs"):
+    with pytest.raises(ValueError, match="are not preference rows"):
         _trainer(tmp_path, tokenizer, [{"prompt": "Hi", "chosen": "Hello"}])
     long_rows = [{"prompt": "Hi", "chosen": "Hello " * 40, "rejected": "no"}]
     with pytest.raises(ValueError, match=r"row 0: \d+ tokens packed"):
