@@ -34,25 +34,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(config: CurateConfig) -> int:
-    """Run (locally or on a datatrove cluster executor) and print the summary line."""
-    if config.executor.kind != "local":
-        from data.cluster import run_on_datatrove
-
-        run_on_datatrove(config, config.executor)
-        print(
-            json.dumps(
-                {
-                    "output_dir": config.output_dir,
-                    "executor": config.executor.kind,
-                    "logs": f"{config.output_dir}/logs",
-                }
-            )
-        )
-        return 0
-
+    """Run every stage on the recipe's executor and print the summary line."""
     from data.pipeline import curate
 
     report = curate(config)
+    if report is None:  # submitted to Slurm / Ray: the chain's last stage writes the report
+        summary = {
+            "output_dir": config.output_dir,
+            "executor": config.executor.kind,
+            "logs": f"{config.output_dir}/logs",
+        }
+        print(json.dumps(summary))
+        return 0
     summary = {
         "output_dir": config.output_dir,
         "kept_documents": report["kept_documents"],

@@ -25,15 +25,15 @@ from data.topics import TopicConfig
 from data.url_filter import UrlFilterConfig
 from hf_llama3.recipe_loader import apply_overrides, bounds, build, read_yaml
 
-EXECUTOR_KINDS = ("local", "datatrove-local", "slurm", "ray")
+EXECUTOR_KINDS = ("local", "slurm", "ray")
 
 
 @dataclass
 class ExecutorConfig:
     """Args:
-    kind: ``local`` (our runner), ``datatrove-local``, ``slurm`` or ``ray``.
-    options: extra arguments for the datatrove executor of every stage (Slurm: ``partition``, ``time``,
-        ``cpus_per_task``, ``mem_per_cpu_gb``, ``venv_path``, ...; Ray: ``cpus_per_task``, ...).
+    kind: the datatrove executor of every stage: ``local`` (processes on this machine), ``slurm`` or ``ray``.
+    options: extra arguments for that executor (Slurm: ``partition``, ``time``, ``cpus_per_task``,
+        ``mem_per_cpu_gb``, ``venv_path``, ...; Ray: ``cpus_per_task``, ...; local: ``start_method``).
     """
 
     kind: str = "local"
@@ -52,15 +52,17 @@ class CurateConfig:
 
     Args:
         output_dir: where stage outputs, shards and the report go (a rerun resumes from what is there).
-        workers: processes for the per-file stage (one task per input file).
+        workers: tasks run at once by the local executor.
+        tasks: tasks of every stage that reads a share of the documents (dedup, quality, tokenize, pack): a task
+            holds its share's dedup keys, never the corpus's documents. The kept documents do not depend on it; the
+            shards do (each task packs its own), so it is part of the recipe.
         tokenizer: ``None`` for the Llama 3 tokenizer (``hf_llama3.load_tokenizer``), or a path it accepts.
     """
 
     output_dir: str
     reader: ReaderConfig
-    workers: int = field(
-        default=1, metadata=bounds("processes for the per-file stage (one task per input file)", min=1)
-    )
+    workers: int = field(default=1, metadata=bounds("tasks run at once by the local executor", min=1))
+    tasks: int = field(default=4, metadata=bounds("tasks of every sharded stage", min=1))
     tokenizer: str | None = None
     url_filter: UrlFilterConfig = field(default_factory=UrlFilterConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -78,8 +80,8 @@ class CurateConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}.")
+        if self.workers < 1 or self.tasks < 1:
+            raise ValueError(f"workers and tasks must be >= 1, got {self.workers} and {self.tasks}.")
         if not self.output_dir:
             raise ValueError("output_dir is empty: say where the curated data goes.")
 

@@ -8,20 +8,42 @@ each cluster keeps its first document (input order). The paper does not publish 
 default 14 bands x 8 rows over word 5-gram shingles is FineWeb's, with a 50% detection point near
 Jaccard 0.72. ``per_language`` dedups within each language only [3.1.1 Multilingual].
 
-For corpora that do not fit one machine, :func:`datatrove_minhash_stages` builds datatrove's sharded
-4-stage MinHash (signatures, buckets, clusters, filter) with the same shingles and bands.
+Sharded (what ``hf-llama3 curate`` runs, any number of tasks): the four stages of datatrove's MinHash, with
+our signatures written in its layout so its bucket stage matches them:
+
+1. :class:`SignatureWriter` (one task per share): rensa signatures, ``bucket_BBB/<rank>.minhash.sig`` sorted
+   records of ``rows`` uint64 values plus the document's position (datatrove's ``MinhashDedupSignature`` layout at
+   64-bit precision). ``per_language`` puts a 28-bit hash of the language group above the 32-bit MinHash
+   values, so documents of different groups never share a band;
+2. datatrove's ``MinhashDedupBuckets`` (one task per band): a merge of the sorted files, pairs sharing a band;
+3. :class:`FirstOfClusterWriter` (one task): union-find over the pairs; each cluster keeps its first document
+   in input order, like the in-memory step. datatrove's ``MinhashDedupCluster`` unions by size, which keeps a
+   member that depends on the order pairs arrive in, so the kept document would change with the task count;
+4. :class:`MinHashDedupFilter` (in the dedup stage): drops the positions in ``<rank>.remove`` (datatrove's
+   layout), counted with characters like every other step.
+
+A task holds its share's signatures for one band at a time (8 x rows + 4 bytes a document), the band merge holds
+a few records per file, the clustering holds the duplicates only. :class:`MinHashDeduplicator` is the same rule in
+one process (the reference the sharded steps are tested against).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from datatrove.data import DocumentsPipeline
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+
+from hf_llama3.checkpoint_io import atomic_output_file
 
 _NON_WORD = re.compile(r"[^\w\s]+")
 
@@ -139,64 +161,143 @@ class MinHashDeduplicator(PipelineStep):
                 yield doc
 
 
-def plain_word_tokenizer():
-    """A datatrove WordTokenizer that splits on whitespace: datatrove's default English tokenizer is spaCy,
-    which takes over 90% of MinHash time and would shingle differently from :func:`shingles`."""
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class PlainWordTokenizer(WordTokenizer):
-        def word_tokenize(self, text: str) -> list[str]:
-            return text.split()
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [m.span() for m in re.finditer(r"\S+", text)]
-
-    return PlainWordTokenizer("plain")
-
-
-def datatrove_minhash_stages(
-    config: MinHashConfig, input_folder: str, work_folder: str, output_folder: str, tasks: int = 1
-) -> list[tuple[list, int]]:
-    """datatrove's sharded MinHash as four (pipeline steps, task count) pairs, reading and writing JSONL.
-
-    Run each with a datatrove executor (local, Slurm or Ray), stage i+1 depending on stage i. Stages 1
-    and 4 shard the input over ``tasks`` tasks; stage 2 needs one task per band; stage 3 is one task.
-    """
-    from datatrove.pipeline.dedup import (
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
+def datatrove_config(config: MinHashConfig):
+    """datatrove's MinhashConfig for the same bands and rows, at the 64-bit precision of our signature files."""
     from datatrove.pipeline.dedup.minhash import MinhashConfig as DatatroveMinhashConfig
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
-    # sha1, not datatrove's default xxhash: xxhash 4 (what `datasets` installs here) rejects str input.
-    dt_config = DatatroveMinhashConfig(
+    return DatatroveMinhashConfig(
         n_grams=config.ngram,
         num_buckets=config.bands,
         hashes_per_bucket=config.rows,
         seed=config.seed,
         hash_config=HashConfig(hash_fc="sha1", precision=64),
     )
-    signatures_dir, buckets_dir, clusters_dir = (
-        f"{work_folder}/{name}" for name in ("signatures", "buckets", "clusters")
-    )
-    signature = MinhashDedupSignature(output_folder=signatures_dir, config=dt_config, language=plain_word_tokenizer())
-    return [
-        ([JsonlReader(input_folder), signature], tasks),
-        (
-            [MinhashDedupBuckets(input_folder=signatures_dir, output_folder=buckets_dir, config=dt_config)],
-            config.bands,
-        ),
-        ([MinhashDedupCluster(input_folder=buckets_dir, output_folder=clusters_dir, config=dt_config)], 1),
-        (
-            [JsonlReader(input_folder), MinhashDedupFilter(input_folder=clusters_dir), JsonlWriter(output_folder)],
-            tasks,
-        ),
-    ]
+
+
+def _group_offset(group: str) -> int:
+    """28 bits of the language group above the 32-bit MinHash values (datatrove's buckets need values < 2**61)."""
+    return int.from_bytes(hashlib.blake2b(group.encode(), digest_size=4).digest(), "little") >> 4 << 32
+
+
+class SignatureWriter(PipelineStep):
+    """Sharded step 1: the task's signatures in datatrove's ``MinhashDedupSignature`` file layout."""
+
+    name = "SignatureWriter"
+    type = "🫂 - DEDUP"
+
+    def __init__(self, folder: str, config: MinHashConfig, batch_size: int = 512):
+        super().__init__()
+        self.folder, self.config, self.batch_size = folder, config, batch_size
+
+    def _signatures(self, docs: list[Document]) -> np.ndarray:
+        sigs = signatures([d.text for d in docs], self.config)
+        if self.config.per_language:
+            sigs += np.array([[_group_offset(language_group(d.metadata))] for d in docs], dtype=np.uint64)
+        return sigs
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        cfg = self.config
+        dtype = np.dtype([(f"h{i}", "<u8") for i in range(cfg.rows)] + [("pos", "<u4")])
+        paths = [Path(self.folder) / f"bucket_{b:03d}" / f"{rank:05d}.minhash.sig" for b in range(cfg.bands)]
+        for path in paths:  # a killed run's temporaries would be read as signature files by the band merge
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in path.parent.glob(f".{path.name}.*"):
+                stale.unlink()
+        unsorted = Path(self.folder) / "unsorted" / f"{rank:05d}"
+        unsorted.mkdir(parents=True, exist_ok=True)
+        files: list = []
+        pos = 0
+
+        def flush(batch: list[Document]) -> None:
+            nonlocal pos
+            sigs = self._signatures(batch)
+            for band, f in enumerate(files):
+                records = np.empty(len(batch), dtype=dtype)
+                for i in range(cfg.rows):
+                    records[f"h{i}"] = sigs[:, band * cfg.rows + i]
+                records["pos"] = np.arange(pos, pos + len(batch), dtype=np.uint32)
+                records.tofile(f)
+            pos += len(batch)
+
+        with self.track_time():
+            with contextlib.ExitStack() as stack:
+                files += [stack.enter_context(open(unsorted / f"{b:03d}", "wb")) for b in range(cfg.bands)]
+                batch: list[Document] = []
+                for doc in data:
+                    batch.append(doc)
+                    if len(batch) == self.batch_size:
+                        flush(batch)
+                        batch = []
+                if batch:
+                    flush(batch)
+            self.stat_update("total", value=pos)
+            for band, path in enumerate(paths):  # sorted one band at a time, as datatrove's signature stage does
+                records = np.fromfile(unsorted / f"{band:03d}", dtype=dtype)
+                records.sort(order=dtype.names)
+                with atomic_output_file(path) as tmp:
+                    records.tofile(tmp)
+                (unsorted / f"{band:03d}").unlink()
+        yield from ()
+
+
+class FirstOfClusterWriter(PipelineStep):
+    """Sharded step 3 (one task): clusters the duplicate pairs; ``<out>/<rank:06d>.remove`` lists, per signature
+    task, the sorted positions of every document but the first of its cluster."""
+
+    name = "FirstOfClusterWriter"
+    type = "🫂 - DEDUP"
+
+    def __init__(self, dups_folder: str, out_folder: str):
+        super().__init__()
+        self.dups_folder, self.out_folder = dups_folder, out_folder
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def find(x: tuple[int, int]) -> tuple[int, int]:
+            root = x
+            while parent.get(root, root) != root:
+                root = parent[root]
+            while x != root:  # path compression
+                parent[x], x = root, parent[x]
+            return root
+
+        for path in sorted(Path(self.dups_folder).glob("*.dups")):
+            pairs = np.fromfile(path, dtype="<u4").reshape(-1, 4)
+            for f1, d1, f2, d2 in pairs.tolist():
+                a, b = find((f1, d1)), find((f2, d2))
+                if a != b:  # the earlier document (task, position) stays the root: the first of the cluster
+                    parent[max(a, b)] = min(a, b)
+        removed: dict[int, list[int]] = {}
+        for node in parent:
+            if find(node) != node:
+                removed.setdefault(node[0], []).append(node[1])
+        self.stat_update("duplicates", value=sum(len(v) for v in removed.values()))
+        out = Path(self.out_folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for task, positions in sorted(removed.items()):
+            with atomic_output_file(out / f"{task:06d}.remove") as tmp:
+                tmp.write_bytes(struct.pack(f"<{len(positions)}I", *sorted(positions)))
+        yield from ()
+
+
+class MinHashDedupFilter(BaseFilter):
+    """Sharded step 4 (wrapped in :class:`data.stage_io.CountedFilter`): drops ``minhash_duplicate`` positions."""
+
+    name = "MinHashDedupFilter"
+
+    def __init__(self, remove_folder: str):
+        super().__init__()
+        self.remove_folder = remove_folder
+        self.drops: set[int] = set()
+        self.pos = 0
+
+    def start(self, rank: int, world_size: int) -> None:
+        path = Path(self.remove_folder) / f"{rank:06d}.remove"
+        self.drops = set(np.fromfile(path, dtype="<u4").tolist()) if path.exists() else set()
+        self.pos = 0
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        pos, self.pos = self.pos, self.pos + 1
+        return (False, "minhash_duplicate") if pos in self.drops else True

@@ -1,69 +1,110 @@
 """The curation report: a JSON summary and a PNG plot (the funnel of documents per step, the mix).
 
-Everything in it is computed from the stage outputs, so a resumed run writes the same report. Documents and
-characters are exact at every step; tokens are exact per mix category (available and in the shards) and
-estimated elsewhere (``*_tokens_est``: characters times the curated corpus's tokens per character).
+Everything in it comes from datatrove's per-task statistics (``logs/<stage>/stats/NNNNN.json``, one per finished
+task, summed here so a resumed run counts every task once), the curated documents and the shard manifest, so a
+resumed run writes the same report. Documents and characters are exact at every step (recorded by
+:class:`data.stage_io.CountedFilter`); tokens are exact per mix category (available and in the shards) and estimated
+elsewhere (``*_tokens_est``: characters times the curated corpus's tokens per character).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
-from datatrove.data import Document
-
-from data.mix import MixConfig, category_of
+from data.config import CurateConfig
+from data.mix import category_of
+from data.readers import list_input_files
+from data.stage_io import parts, read_jsonl_gz
 from hf_llama3.checkpoint_io import atomic_output_file
 
+# The stages whose counted steps make the funnel, in pipeline order (the others only replay dedup decisions).
+FUNNEL_STAGES = ("filter", "dedup", "tokenize")
 
-def _merge_steps(parts: Iterable[dict]) -> list[dict]:
-    """Sum per-task step statistics, keeping the pipeline order of the steps."""
+
+def _total(value) -> int:
+    return int(value["total"] if isinstance(value, dict) else value)
+
+
+def _task_stats(root: Path, stage: str) -> list[list[dict]]:
+    return [json.loads(p.read_text()) for p in sorted((root / "logs" / stage / "stats").glob("*.json"))]
+
+
+def stage_steps(root: str | os.PathLike, stage: str) -> list[dict]:
+    """The counted steps of a stage, summed over its tasks: documents and characters in, out and dropped per reason."""
     merged: dict[str, dict] = {}
-    for steps in parts:
-        for entry in steps:
-            name = entry["step"]
+    for task in _task_stats(Path(root), stage):
+        for entry in task:
+            counts = {k: _total(v) for k, v in entry["stats"].items()}
+            if "chars_in" not in counts:  # not a counted filter, or one that saw no document in this task
+                continue
             slot = merged.setdefault(
-                name, {"step": name, "in_docs": 0, "in_chars": 0, "out_docs": 0, "out_chars": 0, "dropped": {}}
+                entry["name"],
+                {"step": entry["name"], "in_docs": 0, "in_chars": 0, "out_docs": 0, "out_chars": 0, "dropped": {}},
             )
-            for key in ("in_docs", "in_chars", "out_docs", "out_chars"):
-                slot[key] += entry[key]
-            for reason, counts in entry["dropped"].items():
-                dst = slot["dropped"].setdefault(reason, {"docs": 0, "chars": 0})
-                dst["docs"] += counts["docs"]
-                dst["chars"] += counts["chars"]
-            if "removed_lines" in entry:
-                slot["removed_lines"] = slot.get("removed_lines", 0) + entry["removed_lines"]
+            slot["in_docs"] += counts.get("total", 0)
+            slot["in_chars"] += counts.get("chars_in", 0)
+            slot["out_docs"] += counts.get("forwarded", 0)
+            slot["out_chars"] += counts.get("chars_out", 0)
+            for key, n in counts.items():
+                if key.startswith("dropped_"):
+                    reason = key.removeprefix("dropped_")
+                    dst = slot["dropped"].setdefault(reason, {"docs": 0, "chars": 0})
+                    dst["docs"] += n
+                    dst["chars"] += counts.get(f"chars_dropped_{reason}", 0)
+            if "removed_lines" in counts:
+                slot["removed_lines"] = slot.get("removed_lines", 0) + counts["removed_lines"]
     return list(merged.values())
 
 
-def build_report(
-    stage1: list[dict], stage2: dict, manifest: dict, final_docs: Iterable[Document], mix: MixConfig
-) -> dict:
-    """Assemble the report from the stage statistics, the final documents and the shard manifest."""
-    reader_skipped: dict[str, int] = {}
-    for part in stage1:
-        for reason, n in part["reader_skipped"].items():
-            reader_skipped[reason] = reader_skipped.get(reason, 0) + n
+def stage_written(root: str | os.PathLike, stage: str) -> int:
+    """Documents the stage's tasks wrote (its ``PartWriter``)."""
+    return sum(
+        _total(e["stats"].get("written", 0))
+        for t in _task_stats(Path(root), stage)
+        for e in t
+        if e["name"].endswith("PartWriter")
+    )
+
+
+def _reader_skipped(root: Path) -> dict[str, int]:
+    skipped: dict[str, int] = {}
+    for task in _task_stats(root, "filter"):
+        for key, value in task[0]["stats"].items():
+            if key.startswith("skipped_"):
+                reason = key.removeprefix("skipped_")
+                skipped[reason] = skipped.get(reason, 0) + _total(value)
+    return dict(sorted(skipped.items()))
+
+
+def build_report(config: CurateConfig) -> dict:
+    """Assemble the report from the stage statistics, the curated documents and the shard manifest."""
+    from data.pipeline import DEDUPED, SHARDS
+
+    root = Path(config.output_dir)
+    manifest = json.loads((root / SHARDS / "manifest.json").read_text())
     languages: dict[str, dict] = {}
     categories: dict[str, dict] = {}
     topics: dict[str, int] = {}
-    for doc in final_docs:
-        if "topic" in doc.metadata:
-            topics[doc.metadata["topic"]] = topics.get(doc.metadata["topic"], 0) + 1
-        lang = languages.setdefault(str(doc.metadata.get("lang", "unknown")), {"docs": 0, "chars": 0})
-        lang["docs"] += 1
-        lang["chars"] += len(doc.text)
-        cat = categories.setdefault(category_of(doc.metadata, mix), {"docs": 0, "chars": 0})
-        cat["docs"] += 1
-        cat["chars"] += len(doc.text)
+    kept = 0
+    for path in parts(root / DEDUPED):
+        for doc in read_jsonl_gz(path):
+            kept += 1
+            if "topic" in doc.metadata:
+                topics[doc.metadata["topic"]] = topics.get(doc.metadata["topic"], 0) + 1
+            lang = languages.setdefault(str(doc.metadata.get("lang", "unknown")), {"docs": 0, "chars": 0})
+            lang["docs"] += 1
+            lang["chars"] += len(doc.text)
+            cat = categories.setdefault(category_of(doc.metadata, config.mix), {"docs": 0, "chars": 0})
+            cat["docs"] += 1
+            cat["chars"] += len(doc.text)
     total_tokens = sum(manifest["tokens_per_category"].values())
     # Tokens per character of the curated text (Llama 3 tokenizer): turns the character counts of every step
     # into token estimates without tokenizing what was dropped (much of it raw HTML).
     kept_chars = sum(c["chars"] for c in categories.values())
     tokens_per_char = sum(manifest["available_tokens"].values()) / max(1, kept_chars)
-    steps = _merge_steps(p["steps"] for p in stage1) + _merge_steps([stage2["steps"]])
+    steps = [step for stage in FUNNEL_STAGES for step in stage_steps(root, stage)]
     for step in steps:
         step["in_tokens_est"] = round(step["in_chars"] * tokens_per_char)
         step["out_tokens_est"] = round(step["out_chars"] * tokens_per_char)
@@ -78,11 +119,12 @@ def build_report(
         slot["target_weight"] = manifest["target_weights"][name]
         slot["actual_weight"] = round(tokens / max(1, total_tokens), 6)
     return {
-        "input_files": [part["input"] for part in stage1],
-        "reader_skipped": dict(sorted(reader_skipped.items())),
+        "input_files": list_input_files(config.reader.paths),
+        "tasks": config.tasks,
+        "reader_skipped": _reader_skipped(root),
         "tokens_per_char": round(tokens_per_char, 6),
         "steps": steps,
-        "kept_documents": stage2["kept"],
+        "kept_documents": kept,
         "languages": dict(sorted(languages.items(), key=lambda kv: -kv[1]["docs"])),
         "categories": dict(sorted(categories.items())),
         "topics": dict(sorted(topics.items())),

@@ -24,12 +24,14 @@ import json
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from datatrove.pipeline.base import PipelineStep
 
 from data.mix import MixConfig, plan_mix
 from hf_llama3.checkpoint_io import atomic_output_file
@@ -101,7 +103,7 @@ def select_pieces(
     rng = random.Random(seed)
     pieces: list[tuple[int, int]] = []
     for category in sorted(targets):
-        members = [i for i, c in enumerate(categories) if c == category and token_lists[i]]
+        members = [i for i, c in enumerate(categories) if c == category and len(token_lists[i])]
         rng.shuffle(members)
         need, k = targets[category], 0
         while need > 0 and members:
@@ -126,7 +128,10 @@ def write_shards(
     config: ShardConfig,
     progress=None,
 ) -> dict:
-    """Tokenize ``texts``, plan the mix, pack and write the shard folder; returns the manifest."""
+    """Tokenize ``texts``, plan the mix, pack and write the shard folder in one process; returns the manifest.
+
+    ``hf-llama3 curate`` does the same per task (:class:`TokenWriter`, :class:`ShardPacker`, :class:`ManifestWriter`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     eos = eos_id(tokenizer)
@@ -139,9 +144,31 @@ def write_shards(
     for tokens, category in zip(token_lists, categories):
         available[category] = available.get(category, 0) + len(tokens) + 1
     targets = plan_mix(available, mix)
-    pieces = select_pieces(token_lists, list(categories), targets, mix.seed)
-    category_ids = {c: i for i, c in enumerate(sorted(targets))}
+    part = pack_shards(token_lists, list(categories), targets, eos, out, config, mix.seed, "shard_", "000_tokens")
+    manifest = manifest_of(
+        [part], available, mix, config, eos, getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+    )
+    _atomic_save(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
+    return manifest
 
+
+def pack_shards(
+    token_lists: Sequence,
+    categories: list[str],
+    targets: dict[str, int],
+    eos: int,
+    out: Path,
+    config: ShardConfig,
+    seed: int,
+    prefix: str,
+    datatrove_name: str,
+) -> dict:
+    """Select the pieces meeting ``targets``, pack them into sequences and write ``<prefix>NNNNN`` shard files (and
+    ``datatrove/<datatrove_name>.ds``); returns this part of the manifest. A tail shorter than a sequence is dropped.
+    Category ids in the segments index ``sorted(targets)``, the manifest's category list."""
+    pieces = select_pieces(token_lists, categories, targets, seed)
+    names = sorted(targets)
+    category_ids = {c: i for i, c in enumerate(names)}
     stream = np.empty(sum(n for _, n in pieces), dtype=np.uint32)
     starts = np.empty(len(pieces), dtype=np.int64)
     lengths = np.array([n for _, n in pieces], dtype=np.int64)
@@ -153,10 +180,6 @@ def write_shards(
         starts[j] = pos
         pos += n
     n_seq = len(stream) // config.seq_len
-    if n_seq == 0:
-        raise ValueError(
-            f"the mix holds {len(stream)} tokens, fewer than one sequence of {config.seq_len}: lower shards.seq_len."
-        )
 
     shards = []
     for s, first in enumerate(range(0, n_seq, config.sequences_per_shard)):
@@ -178,7 +201,7 @@ def write_shards(
                 end = min(b, (row + 1) * config.seq_len)
                 segments.append((row - first, a - row * config.seq_len, end - a, cat))
                 a = end
-        name = f"shard_{s:05d}"
+        name = f"{prefix}{s:05d}"
         _atomic_save(out / f"{name}.tokens.npy", lambda f, t=tokens: np.save(f, t))
         _atomic_save(
             out / f"{name}.segments.npy", lambda f, g=segments: np.save(f, np.array(g, dtype=np.int64).reshape(-1, 4))
@@ -192,33 +215,189 @@ def write_shards(
             }
         )
     used = stream[: n_seq * config.seq_len]
-    written = {c: 0 for c in category_ids}
+    written = {c: 0 for c in names}
     for start, length, cat in zip(starts, lengths, cats):
-        written[sorted(targets)[cat]] += int(max(0, min(start + length, len(used)) - start))
-    if config.datatrove_export:
+        written[names[cat]] += int(max(0, min(start + length, len(used)) - start))
+    if config.datatrove_export and n_seq:
         (out / "datatrove").mkdir(exist_ok=True)
         ends = np.minimum(starts + lengths, len(used))
         ends = ends[ends > starts]
-        _atomic_save(out / "datatrove" / "000_tokens.ds", lambda f: f.write(used.astype("<u4").tobytes()))
-        _atomic_save(out / "datatrove" / "000_tokens.ds.index", lambda f: f.write(ends.astype("<u8").tobytes()))
+        _atomic_save(out / "datatrove" / f"{datatrove_name}.ds", lambda f: f.write(used.astype("<u4").tobytes()))
+        _atomic_save(out / "datatrove" / f"{datatrove_name}.ds.index", lambda f: f.write(ends.astype("<u8").tobytes()))
+    return {
+        "sequences": int(n_seq),
+        "tokens_per_category": written,
+        "documents": len(token_lists),
+        "pieces": len(pieces),
+        "shards": shards,
+        "tokens": len(stream),
+    }
+
+
+def manifest_of(
+    parts: list[dict], available: dict[str, int], mix: MixConfig, config: ShardConfig, eos: int, tokenizer: str
+) -> dict:
+    """The shard folder's manifest from its parts (one per packing task, in task order)."""
+    names = sorted(plan_mix(available, mix))
+    sequences = sum(p["sequences"] for p in parts)
+    if sequences == 0:
+        raise ValueError(
+            f"the mix holds {sum(p['tokens'] for p in parts)} tokens, fewer than one sequence of {config.seq_len} "
+            "per packing task: lower shards.seq_len."
+        )
     weights = mix.target_weights()
-    manifest = {
+    return {
         "format": "hf-llama3-packed-v1",
         "seq_len": config.seq_len,
-        "sequences": int(n_seq),
+        "sequences": sequences,
         "eos_token_id": eos,
-        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-        "categories": sorted(targets),
-        "target_weights": {c: round(weights[c], 6) for c in sorted(targets)},
+        "tokenizer": tokenizer,
+        "categories": names,
+        "target_weights": {c: round(weights[c], 6) for c in names},
         "available_tokens": dict(sorted(available.items())),
-        "tokens_per_category": written,
-        "documents": len(texts),
-        "pieces": len(pieces),
+        "tokens_per_category": {c: sum(p["tokens_per_category"][c] for p in parts) for c in names},
+        "documents": sum(p["documents"] for p in parts),
+        "pieces": sum(p["pieces"] for p in parts),
         "seed": mix.seed,
-        "shards": shards,
+        "shards": [shard for p in parts for shard in p["shards"]],
     }
-    _atomic_save(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
-    return manifest
+
+
+class TokenWriter(PipelineStep):
+    """Per task: the Llama 3 tokens of its documents, ``<folder>/<rank>.tokens`` (uint32 stream),
+    ``<rank>.docs.npy`` (length, category) per document and ``<rank>.json`` (categories, tokens available)."""
+
+    name = "TokenWriter"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, folder: str, tokenizer_name: str | None, mix: MixConfig, config: ShardConfig):
+        super().__init__()
+        self.folder, self.tokenizer_name, self.mix, self.config = folder, tokenizer_name, mix, config
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from data.mix import category_of
+        from hf_llama3 import load_tokenizer
+
+        tokenizer = load_tokenizer(self.tokenizer_name)
+        root = Path(self.folder)
+        root.mkdir(parents=True, exist_ok=True)
+        names: list[str] = []
+        rows: list[tuple[int, int]] = []
+        available: dict[str, int] = {}
+        batch: list = []
+        with atomic_output_file(root / f"{rank:05d}.tokens") as tmp, open(tmp, "wb") as out:
+
+            def flush() -> None:
+                for doc, tokens in zip(batch, encode_batch(tokenizer, [d.text for d in batch]), strict=True):
+                    category = category_of(doc.metadata, self.mix)
+                    if category not in names:
+                        names.append(category)
+                    rows.append((len(tokens), names.index(category)))
+                    available[category] = available.get(category, 0) + len(tokens) + 1
+                    np.asarray(tokens, dtype="<u4").tofile(out)
+                    self.stat_update("tokens", value=len(tokens))
+                batch.clear()
+
+            for doc in data:
+                batch.append(doc)
+                if len(batch) == self.config.batch_size:
+                    flush()
+            flush()
+        _atomic_save(
+            root / f"{rank:05d}.docs.npy", lambda f: np.save(f, np.array(rows, dtype=np.int64).reshape(-1, 2))
+        )
+        meta = {"categories": names, "available": available, "eos": eos_id(tokenizer)}
+        meta["tokenizer"] = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        _atomic_save(root / f"{rank:05d}.json", lambda f: f.write(json.dumps(meta, sort_keys=True).encode()))
+        yield from ()
+
+
+def _read_token_metas(folder: str) -> dict[int, dict]:
+    return {int(p.stem): json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+
+
+def _summed_available(metas: dict[int, dict]) -> dict[str, int]:
+    available: dict[str, int] = {}
+    for meta in metas.values():
+        for c, n in meta["available"].items():
+            available[c] = available.get(c, 0) + n
+    return available
+
+
+class ShardPacker(PipelineStep):
+    """Per task: the global mix plan (from every task's available tokens), this task's proportional share of each
+    category's target, and its packed shards ``shard_<rank>_NNNNN``; the part manifest in ``<parts>/<rank>.json``."""
+
+    name = "ShardPacker"
+    type = "💽 - WRITER"
+
+    def __init__(self, token_folder: str, out_dir: str, parts_folder: str, mix: MixConfig, config: ShardConfig):
+        super().__init__()
+        self.token_folder, self.out_dir, self.parts_folder = token_folder, out_dir, parts_folder
+        self.mix, self.config = mix, config
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        metas = _read_token_metas(self.token_folder)
+        available = _summed_available(metas)
+        targets = plan_mix(available, self.mix)
+        before = Counter()  # tokens of each category in the tasks before this one
+        for r in sorted(metas):
+            if r == rank:
+                break
+            before.update(metas[r]["available"])
+        mine = metas[rank]["available"]
+        # Cumulative rounding: the shares of a category add up to its target exactly.
+        share = {
+            c: round(t * (before[c] + mine.get(c, 0)) / available[c]) - round(t * before[c] / available[c])
+            for c, t in targets.items()
+        }
+        root = Path(self.token_folder)
+        rows = np.load(root / f"{rank:05d}.docs.npy")
+        stream = np.fromfile(root / f"{rank:05d}.tokens", dtype="<u4")
+        ends = np.cumsum(rows[:, 0]) if len(rows) else np.zeros(0, dtype=np.int64)
+        token_lists = [stream[e - n : e] for (n, _), e in zip(rows.tolist(), ends.tolist())]
+        categories = [metas[rank]["categories"][c] for c in rows[:, 1].tolist()]
+        out = Path(self.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        seed = self.mix.seed * 1_000_003 + rank
+        part = pack_shards(
+            token_lists,
+            categories,
+            share,
+            metas[rank]["eos"],
+            out,
+            self.config,
+            seed,
+            f"shard_{rank:05d}_",
+            f"{rank:05d}_tokens",
+        )
+        part["tokens_per_category"] = {c: part["tokens_per_category"].get(c, 0) for c in targets}
+        self.stat_update("sequences", value=part["sequences"])
+        _atomic_save(Path(self.parts_folder) / f"{rank:05d}.json", lambda f: f.write(json.dumps(part).encode()))
+        yield from ()
+
+
+class ManifestWriter(PipelineStep):
+    """One task: ``manifest.json`` over every packing task's part, written last (its presence means done)."""
+
+    name = "ManifestWriter"
+    type = "💽 - WRITER"
+
+    def __init__(self, token_folder: str, parts_folder: str, out_dir: str, mix: MixConfig, config: ShardConfig):
+        super().__init__()
+        self.token_folder, self.parts_folder, self.out_dir = token_folder, parts_folder, out_dir
+        self.mix, self.config = mix, config
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        metas = _read_token_metas(self.token_folder)
+        parts = [json.loads(p.read_text()) for p in sorted(Path(self.parts_folder).glob("*.json"))]
+        first = metas[min(metas)]
+        manifest = manifest_of(
+            parts, _summed_available(metas), self.mix, self.config, first["eos"], first["tokenizer"]
+        )
+        out = Path(self.out_dir)
+        _atomic_save(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
+        yield from ()
 
 
 class PackedShardReader:

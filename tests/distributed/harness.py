@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
+from training.parallel.deferred_init import init_weights_by_name
 from training.parallel.engine import OptimizerConfig
 
 STEPS = 3
@@ -58,10 +59,14 @@ def make_batch(step: int, vocab: int = 1024) -> dict[str, torch.Tensor]:
     return out
 
 
-def reference_run(config: Llama3Config, steps: int = STEPS, seed: int = 0) -> tuple[list[float], dict]:
-    """The single-process ground truth: the plain model's own forward and loss, AdamW, same LR schedule."""
-    torch.manual_seed(seed)
+def reference_run(
+    config: Llama3Config, steps: int = STEPS, seed: int = 0, grad_norms: list[float] | None = None
+) -> tuple[list[float], dict]:
+    """The single-process ground truth: the plain model's own forward and loss, AdamW, same LR schedule. Its
+    weights are initialised by name, as the engine initialises its shards (``training.parallel.deferred_init``).
+    ``grad_norms`` (if given) receives each step's gradient norm before clipping."""
     model = Llama3ForCausalLM(config)
+    init_weights_by_name(model, model._init_weights, seed)
     model.train()
     opt = torch.optim.AdamW(
         model.parameters(),
@@ -76,7 +81,9 @@ def reference_run(config: Llama3Config, steps: int = STEPS, seed: int = 0) -> tu
         batch = make_batch(step, vocab=config.vocab_size)
         out = model(**batch)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZER.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZER.max_grad_norm)
+        if grad_norms is not None:
+            grad_norms.append(float(norm))
         opt.step()
         opt.zero_grad()
         sched.step()

@@ -20,6 +20,7 @@ from hf_llama3.cli import main as cli_main
 from tests.distributed.harness import OPTIMIZER, TINY_OVERRIDES, tiny_config
 from tests.pretrain.conftest import ByteTokenizer, write_test_shards
 from training.parallel.checkpoint import FAULT_ENV, latest_checkpoint
+from training.parallel.deferred_init import init_weights_by_name
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -107,8 +108,9 @@ def test_kill_9_during_save_then_resume_equals_uninterrupted_run(tmp_path: Path,
     reference = Llama3ForCausalLM.from_pretrained(reference_dir / "hf").state_dict()
     for key, tensor in reference.items():
         torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
-    torch.manual_seed(0)  # the engine's initialisation seed: training moved the weights away from it
-    initial = Llama3ForCausalLM(tiny_config()).state_dict()
+    initial_model = Llama3ForCausalLM(tiny_config())  # the engine's initialisation: training moved away from it
+    init_weights_by_name(initial_model, initial_model._init_weights, seed=0)
+    initial = initial_model.state_dict()
     assert max((ours[key] - initial[key]).abs().max() for key in ours) > 1e-3
 
 

@@ -40,20 +40,19 @@ def _examples(names: list[str]) -> str:
     return ", ".join(names[:_SHOWN]) + more
 
 
-def check_model_matches(path: str | Path, model_state: dict[str, Any], distributed: bool = False) -> None:
-    """Raise ``ValueError`` unless the checkpoint at ``path`` holds exactly ``model_state``'s tensors and shapes.
-
-    ``distributed``: ``model_state`` is this rank's share (pipeline stages split the names); the names are
-    gathered from every rank first, so every rank reaches the same verdict (no rank left waiting in a collective).
-    """
-    saved = saved_model_shapes(path)
+def wanted_shapes(model_state: dict[str, Any], distributed: bool = False) -> dict[str, tuple[int, ...]]:
+    """Name -> global shape of the model's tensors; with ``distributed``, of every rank's share (pipeline stages
+    split the names), gathered so that every rank reaches the same verdict (no rank left waiting in a collective)."""
     local = _local_shapes(model_state)
-    if distributed and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[dict[str, tuple[int, ...]] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
-        wanted = {name: shape for part in parts for name, shape in (part or {}).items()}
-    else:
-        wanted = local
+    if not (distributed and dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    parts: list[dict[str, tuple[int, ...]] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return {name: shape for part in parts for name, shape in (part or {}).items()}
+
+
+def shape_problems(saved: dict[str, tuple[int, ...]], wanted: dict[str, tuple[int, ...]]) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches between a checkpoint and a model, a few of each named."""
     missing = sorted(set(wanted) - set(saved))
     unexpected = sorted(set(saved) - set(wanted))
     mismatched = sorted(
@@ -68,6 +67,15 @@ def check_model_matches(path: str | Path, model_state: dict[str, Any], distribut
         problems.append(f"unexpected {_examples(unexpected)}")
     if mismatched:
         problems.append(f"shape checkpoint vs model: {_examples(mismatched)}")
+    return problems
+
+
+def check_model_matches(path: str | Path, model_state: dict[str, Any], distributed: bool = False) -> None:
+    """Raise ``ValueError`` unless the checkpoint at ``path`` holds exactly ``model_state``'s tensors and shapes.
+
+    ``distributed``: ``model_state`` is this rank's share (see :func:`wanted_shapes`).
+    """
+    problems = shape_problems(saved_model_shapes(path), wanted_shapes(model_state, distributed))
     if problems:
         raise ValueError(
             f"checkpoint {path} does not fit this model (another model shape?): {'; '.join(problems)}. "

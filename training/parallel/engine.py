@@ -22,12 +22,14 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
-from hf_llama3 import Llama3Config, Llama3ForCausalLM
+from hf_llama3 import Llama3Config
 from hf_llama3.modeling_llama3 import IGNORE_INDEX, positions_from_document_ids
 
 from .context_parallel import build_attention_mask, load_balanced_indices
+from .deferred_init import build_meta_model, materialize
 from .dims import ParallelDims, submesh
 from .fsdp import DTYPES, FSDPConfig
+from .hf_checkpoint_load import check_hf_folder, load_hf_folder
 from .parallelize import parallelize_llama, uses_fsdp
 from .pipeline_parallel import build_schedule
 
@@ -101,7 +103,11 @@ class EngineConfig:
         activation_checkpointing: Recompute each decoder layer in backward.
         compile: ``torch.compile`` each decoder layer.
         loss_parallel: Vocab-parallel cross-entropy under TP (the full logits are never gathered), with or without PP.
-        seed: Seed of the model initialisation (identical on every rank).
+        seed: Seed of the model initialisation: each module's weights are drawn from ``(seed, module name)``
+            (``training.parallel.deferred_init``), so every layout starts from the same weights.
+        init_from: A Hugging Face folder (ours or stock ``LlamaForCausalLM``; safetensors, sharded or not) whose
+            weights replace the initialisation: continued pre-training of a released checkpoint. Each rank reads
+            only its shards (``training.parallel.hf_checkpoint_load``).
         device: ``cpu`` or ``cuda``.
     """
 
@@ -112,6 +118,7 @@ class EngineConfig:
     compile: bool = False
     loss_parallel: bool = True
     seed: int = 0
+    init_from: str | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -125,6 +132,8 @@ class EngineConfig:
                 )
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"EngineConfig.device must be 'cpu' or 'cuda', got {self.device!r}.")
+        if self.init_from is not None:
+            check_hf_folder(self.init_from)
 
 
 def split_batch(
@@ -182,17 +191,16 @@ class ParallelTrainer:
     ``optimizers`` and ``lr_schedulers`` (one per stage), ``step_count``.
     """
 
-    def __init__(self, model_config: Llama3Config, config: EngineConfig, model: Llama3ForCausalLM | None = None):
+    def __init__(self, model_config: Llama3Config, config: EngineConfig):
         self.model_config = model_config
         self.config = config
         self.dims: ParallelDims = config.parallel
         self.device = torch.device(config.device, torch.cuda.current_device()) if config.device == "cuda" else None
         self.device = self.device or torch.device("cpu")
         self.mesh = self.dims.build_mesh(config.device)
-        if model is None:
-            torch.manual_seed(config.seed)
-            with self.device:
-                model = Llama3ForCausalLM(model_config)
+        # Deferred init: the whole model exists only on the meta device; each rank allocates and fills its shards.
+        model = build_meta_model(model_config)
+        init_fn = model._init_weights
         self.stages = parallelize_llama(
             model,
             self.dims,
@@ -202,6 +210,11 @@ class ParallelTrainer:
             compile_layers=config.compile,
             loss_parallel=config.loss_parallel,
         )
+        del model
+        modules = [stage for _, stage in self.stages]
+        materialize(modules, init_fn, config.seed, self.device, parameters=config.init_from is None)
+        if config.init_from is not None:
+            load_hf_folder(self.stages, config.init_from)
         for _, stage in self.stages:
             stage.train()
         opt = config.optimizer

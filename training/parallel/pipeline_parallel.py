@@ -8,7 +8,6 @@ schedules give pipeline rank ``r`` the stages ``r, r + pp, r + 2 pp, ...`` (a lo
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -58,14 +57,14 @@ def stage_ids_for_rank(pp_rank: int, dims: ParallelDims) -> list[int]:
 
 
 def split_into_stages(model: Llama3ForCausalLM, dims: ParallelDims, pp_rank: int) -> list[tuple[int, Llama3Stage]]:
-    """This rank's ``(stage_index, Llama3Stage)`` pairs; each stage is cut from its own deep copy of ``model``."""
+    """This rank's ``(stage_index, Llama3Stage)`` pairs, all cut from ``model`` (no copy): each stage holds only its
+    own layers, and the layers of other ranks' stages are never materialised when ``model`` is on the meta device."""
     counts = stage_layer_counts(model.config.num_hidden_layers, dims.num_stages, dims.pp_balance)
     starts = [sum(counts[:i]) for i in range(len(counts))]
     stages = []
     for stage_index in stage_ids_for_rank(pp_rank, dims):
         layer_ids = list(range(starts[stage_index], starts[stage_index] + counts[stage_index]))
-        part = copy.deepcopy(model) if dims.num_stages > 1 else model
-        stage = Llama3Stage(part, layer_ids, is_first=stage_index == 0, is_last=stage_index == dims.num_stages - 1)
+        stage = Llama3Stage(model, layer_ids, is_first=stage_index == 0, is_last=stage_index == dims.num_stages - 1)
         stages.append((stage_index, stage))
     return stages
 

@@ -11,6 +11,8 @@ and context-parallel group supplied from outside.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -18,10 +20,29 @@ from torch import nn
 from hf_llama3 import Llama3ForCausalLM
 
 
+class StageBody(nn.Module):
+    """The decoder part of a stage under ``Llama3Model``'s attribute names (absent parts are ``None``)."""
+
+    def __init__(
+        self,
+        embed_tokens: nn.Module | None,
+        layers: dict[int, nn.Module],
+        norm: nn.Module | None,
+        rotary_emb: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleDict({str(i): layer for i, layer in layers.items()})
+        self.norm = norm
+        self.rotary_emb = rotary_emb
+
+
 class Llama3Stage(nn.Module):
     """Layers ``layer_ids`` of ``causal_lm`` (plus the embedding if ``is_first``, the norm and head if ``is_last``).
 
-    The sub-modules are taken from ``causal_lm`` (not copied): build one ``Llama3ForCausalLM`` per stage.
+    The sub-modules are taken from ``causal_lm``, not copied, and ``causal_lm`` is left unchanged: the stages of
+    one pipeline rank are all cut from one (meta) model, and each holds only its own layers. Only the RoPE module
+    (buffers of ``head_dim / 2`` floats) is copied, so that no module belongs to two stages.
     """
 
     def __init__(self, causal_lm: Llama3ForCausalLM, layer_ids: list[int], is_first: bool, is_last: bool) -> None:
@@ -30,12 +51,12 @@ class Llama3Stage(nn.Module):
         self.layer_ids = list(layer_ids)
         self.is_first, self.is_last = is_first, is_last
         base = causal_lm.model
-        base.layers = nn.ModuleDict({str(i): base.layers[i] for i in layer_ids})
-        if not is_first:
-            base.embed_tokens = None
-        if not is_last:
-            base.norm = None
-        self.model = base
+        self.model = StageBody(
+            embed_tokens=base.embed_tokens if is_first else None,
+            layers={i: base.layers[i] for i in layer_ids},
+            norm=base.norm if is_last else None,
+            rotary_emb=copy.deepcopy(base.rotary_emb),
+        )
         self.lm_head = causal_lm.lm_head if is_last else None
         self.cp_group: dist.ProcessGroup | None = None
 
