@@ -52,7 +52,8 @@ with and without checkpointing and document masks: within 1%.
 Pipeline schedules keep several micro-batches alive on a rank: GPipe all of them; 1F1B ``min(N, pp - rank)``;
 interleaved 1F1B torch's warm-up count plus one forward (``_get_warmup_ops``). Transient buffers (FSDP's unsharded
 gradients of one layer, the logits' gradient, communication buffers, allocator fragmentation) are not counted:
-the figure is a lower bound of the peak, and a layout it refuses cannot run.
+under interleaving each forward in flight is counted at the rank's largest stage (the one with the output
+layer, on the last pipeline rank). The figure is an estimate of the peak, not an allocator trace.
 """
 
 from __future__ import annotations

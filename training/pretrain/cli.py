@@ -5,6 +5,7 @@
     torchrun --nproc-per-node 2 -m training.pretrain.cli --config recipes/tiny/pretrain.yaml
     accelerate launch --multi_gpu --num_processes 2 -m training.pretrain.cli --config ...   # gloo on CPU
     hf-llama3 pretrain --config ... --set initial.tokens=65536 --set output_dir=run2   # dotted keys reach sections
+    hf-llama3 pretrain --config recipes/llama3-405b/pretrain.yaml --dry-run   # bytes per GPU, nothing trained
 
 Rerunning the same command resumes from ``<output_dir>/checkpoints/latest``; a rerun with another recipe, model
 shape or inputs is refused and a finished run is never extended (:mod:`training.pretrain.fingerprint`).
@@ -31,17 +32,20 @@ import yaml
 
 from hf_llama3.checkpoint_io import install_output_dir
 from hf_llama3.cli_errors import run_entry_point
+from hf_llama3.cli_types import positive_float, positive_int
 from hf_llama3.model_card import write_model_card
 from hf_llama3.output_lock import output_lock
 from hf_llama3.recipe_loader import load_recipe
 from training.parallel.checkpoint import export_hf, latest_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.distributed import init_distributed
+from training.parallel.simulated_launch import H100_HBM_BYTES, MASK_KINDS
 from training.parallel.spawn import run_local
 from training.post_cli import is_launcher_process, stage_parser
 
 from .anneal import AnnealStage, polyak_average
 from .config import PretrainRecipe
+from .dry_run import print_dry_run
 from .fingerprint import check_pretrain_run
 from .initial import InitialStage
 from .long_context import LongContextStage
@@ -182,8 +186,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tokens, use another output_dir.",
         PretrainRecipe,
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print bytes per GPU (params, grads, AdamW, gathered bf16 params, activations) of every stage on a "
+        "simulated launch (one rank of the full world on CPU, meta tensors) and exit: 0 if all fit, 2 if not",
+    )
+    parser.add_argument(
+        "--hbm-gb", type=positive_float, default=H100_HBM_BYTES / 1e9, help="GPU memory for --dry-run (GB, 10^9)"
+    )
+    parser.add_argument(
+        "--microbatch-rows", type=positive_int, default=1, help="sequences per forward for --dry-run (default 1)"
+    )
+    parser.add_argument(
+        "--attention-mask",
+        choices=MASK_KINDS,
+        default="dense",
+        help="mask --dry-run counts: the engine's dense [rows, 1, s/cp, s] mask, or a flex block mask",
+    )
     args = parser.parse_args(argv)
     recipe = recipe_from_args(args)
+    if args.dry_run:
+        return print_dry_run(recipe, int(args.hbm_gb * 1e9), args.microbatch_rows, args.attention_mask)
     check_sources(recipe)
     # One run per output folder: the launching process (rank 0 under torchrun, the parent of locally forked ranks)
     # holds the folder's lock for the whole run, so a second run into it is refused at once.
@@ -208,7 +232,7 @@ def _run(recipe: PretrainRecipe) -> int:
             raise ValueError(f"the stages' layouts need {worlds} processes: launch each part with torchrun.")
         run_local(worlds[0], _spawned, recipe)
         return 0
-    init_distributed(recipe.device)
+    init_distributed(recipe.device, recipe.process_group_timeout_s)
     if dist.get_rank() != 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:
