@@ -282,6 +282,9 @@ class PretrainRecipe:
         keep_last: Checkpoints kept.
         report_to: ``jsonl`` (``metrics.jsonl``) and/or ``tensorboard`` (``tensorboard/``).
         peak_flops: Peak FLOP/s per device for MFU (default from the GPU name; none on CPU).
+        init_from: A Hugging Face folder (safetensors) to start from instead of a random initialisation:
+            continued pre-training of a released checkpoint; ``model``/``model_overrides`` must match its
+            ``config.json``. Each rank reads only its shards.
     """
 
     sources: dict[str, str | dict[str, str]]
@@ -296,6 +299,7 @@ class PretrainRecipe:
     activation_checkpointing: bool = False
     compile: bool = False
     seed: int = dataclasses.field(default=0, metadata=bounds(min=0))
+    init_from: str | None = None
     device: str = "cpu"
     eval_sequences: int = dataclasses.field(default=2, metadata=bounds(min=1))
     eval_seq_len: int = dataclasses.field(default=256, metadata=bounds(min=2))
@@ -383,5 +387,6 @@ class PretrainRecipe:
             activation_checkpointing=self.activation_checkpointing,
             compile=self.compile,
             seed=self.seed,
+            init_from=self.init_from,
             device=self.device,
         )
