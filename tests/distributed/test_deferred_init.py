@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed._tools.mem_tracker import MemTracker
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_llama3 import Llama3ForCausalLM
@@ -60,18 +61,27 @@ def _logits(trainer: ParallelTrainer) -> torch.Tensor | None:
     return out.full_tensor() if hasattr(out, "full_tensor") else out
 
 
+def _peak_bytes(build):
+    """``build()`` and the peak bytes of CPU tensors alive while it ran (torch's dispatch-level memory tracker)."""
+    tracker = MemTracker()
+    with tracker:
+        built = build()
+    return built, tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+
+
 def _run(rank: int, world_size: int, stock: str, other: str, out_dir: str) -> None:
     name, dims = LAYOUTS[world_size]
     engine = EngineConfig(parallel=ParallelDims(**dims), optimizer=OPTIMIZER)
+    loading = EngineConfig(parallel=ParallelDims(**dims), init_from=stock)
     result: dict = {}
-    seeded = ParallelTrainer(tiny_config(), engine)
+    seeded, result["init_peak"] = _peak_bytes(lambda: ParallelTrainer(tiny_config(), engine))
     result["bytes"] = sum(local_bytes(stage) for _, stage in seeded.stages)
     result["layers"] = sorted(int(i) for _, stage in seeded.stages for i in stage.model.layers)
     result["inv_freq"] = seeded.stages[0][1].model.rotary_emb.inv_freq.clone()
     result["state"] = seeded.full_state_dict()
     result["loss"] = seeded.step(make_batch(0))
     del seeded
-    loaded = ParallelTrainer(tiny_config(), EngineConfig(parallel=ParallelDims(**dims), init_from=stock))
+    loaded, result["load_peak"] = _peak_bytes(lambda: ParallelTrainer(tiny_config(), loading))
     result["logits"] = _logits(loaded)
     del loaded
     with pytest.raises(ValueError, match="does not fit the model"):
@@ -129,6 +139,8 @@ def test_meta_built_sharded_model_initialises_and_loads_a_stock_folder(world_siz
     share = 0.25 if world_size == 4 else 0.5
     for rank_result in per_rank:
         assert rank_result["bytes"] <= share * full * 1.05, (rank_result["bytes"], full)
+        # While building and loading: its shards plus one module's full tensors at a time, never the model.
+        assert max(rank_result["init_peak"], rank_result["load_peak"]) < full, (rank_result, full)
     if world_size == 2:
         first, last = (r["layers"] for r in per_rank)
         assert first + last == list(range(8)) and first and last
