@@ -35,7 +35,6 @@ from .document_block_mask import (
     dense_from_block_mask,
     document_block_mask,
     single_document_rows,
-    varlen_boundaries,
 )
 
 ATTENTION_NAME = "hf_llama3_parallel"
@@ -156,7 +155,7 @@ def _flash_varlen(block_mask: BlockMask, query: torch.Tensor) -> tuple | None:
         return None
     from flash_attn import flash_attn_varlen_func
 
-    return (flash_attn_varlen_func, *varlen_boundaries(rule.document_ids))
+    return (flash_attn_varlen_func, *rule.varlen)
 
 
 def _dense_fallback(block_mask: BlockMask, rows: int, dtype: torch.dtype) -> torch.Tensor:

@@ -16,6 +16,8 @@ only when every pair in it passes and empty only when no pair can.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
@@ -47,7 +49,7 @@ class SameDocumentCausal:
             keep = keep & (self.document_ids[b, q] == self.document_ids[b, kv])
         return keep
 
-    @property
+    @functools.cached_property
     def contiguous(self) -> bool:
         """Whether queries and keys are the whole sequence in order (no context parallelism)."""
         n = self.q_positions.numel()
@@ -56,6 +58,13 @@ class SameDocumentCausal:
             and bool((self.q_positions == self.kv_positions).all())
             and bool((self.q_positions == torch.arange(n, device=self.q_positions.device)).all())
         )
+
+    @functools.cached_property
+    def varlen(self) -> tuple[torch.Tensor, int]:
+        """``varlen_boundaries`` of the document ids, computed once for all layers."""
+        if self.document_ids is None:
+            raise ValueError("A causal-only rule has no documents to give varlen boundaries for.")
+        return varlen_boundaries(self.document_ids)
 
 
 def single_document_rows(document_ids: torch.Tensor) -> bool:
