@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-_CODE_LINE = re.compile(
+CODE_LINE = re.compile(
     r"^\s*(def |class |import |from \S+ import |return\b|if .*:$|elif .*:$|else:$|for .*:$|while .*:$|try:$|except\b"
     r"|with .*:$|@\w+|#include|//|/\*|\*/|\}|.*\{$|.*;$|(const|let|var|function|public|private|static) )"
 )
+# Inline math is "$x^2$" (no space inside the dollars, no "${": a shell prompt "$ npm" or a JavaScript
+# template "${name}" is not math) with a TeX sign in it.
 _TEX = re.compile(
-    r"\\(frac|int|sum|prod|sqrt|lim|infty|alpha|beta|gamma|theta|pi|partial|mathbb|left|right|cdot)\b|\$[^$\n]+\$"
+    r"\\(frac|int|sum|prod|sqrt|lim|infty|alpha|beta|gamma|theta|pi|partial|mathbb|left|right|cdot)\b"
+    r"|\$(?![\s{])[^$\n]*[\\^_=][^$\n]*(?<!\s)\$"
 )
 
 
@@ -51,7 +54,7 @@ def detect_domain(text: str, metadata: dict, config: DomainConfig | None = None)
         return "code"
     lines = [ln for ln in text.split("\n") if ln.strip()]
     if lines and "code_chars" not in metadata:
-        code_like = sum(bool(_CODE_LINE.match(ln)) or ln.startswith(("    ", "\t")) for ln in lines)
+        code_like = sum(bool(CODE_LINE.match(ln)) or ln.startswith(("    ", "\t")) for ln in lines)
         if code_like >= config.min_code_fraction * len(lines):
             return "code"
     formulas = max(metadata.get("math", 0), len(_TEX.findall(text)))

@@ -99,13 +99,19 @@ def _math_tex(node) -> str:
 
 
 def extract_html(html: str, config: ExtractConfig | None = None) -> tuple[str, dict]:
-    """Extract the text of one HTML page; returns (text, info) where info counts math and code blocks."""
+    """Extract the text of one HTML page; returns (text, info).
+
+    ``info`` counts math formulas, code blocks and code characters, and gives ``code_lines``: the
+    ``[start, end)`` line ranges of the code blocks in the text. Later steps that rewrite text within
+    lines (PII stand-ins) keep them valid; line dedup, which removes lines, runs after the heuristics.
+    """
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
     config = config or ExtractConfig()
     tree = HTMLTree.parse(html)
     blocks: list[str] = []
+    code_blocks: set[int] = set()
     info = {"math": 0, "code": 0, "code_chars": 0}
 
     def swap(node, text: str, block: bool) -> None:
@@ -135,6 +141,7 @@ def extract_html(html: str, config: ExtractConfig | None = None) -> tuple[str, d
             for node in tree.body.query_selector_all("pre"):
                 code = node.text.strip("\n")
                 if code.strip():
+                    code_blocks.add(len(blocks))
                     swap(node, code, True)
                     info["code"] += 1
                     info["code_chars"] += len(code)
@@ -149,7 +156,28 @@ def extract_html(html: str, config: ExtractConfig | None = None) -> tuple[str, d
     text = text.replace("\xa0", " ")  # layout &nbsp; (pydoc indents with them)
     text = _LONE_TOKEN.sub(r"\1", "\n".join(line if line.strip() else "" for line in text.split("\n")))
     text = _BLANK_RUNS.sub("\n\n", text).strip("\n")
-    return _TOKEN_RE.sub(lambda m: blocks[int(m.group(1))], text), info
+    text, info["code_lines"] = _restore_blocks(text, blocks, code_blocks)
+    return text, info
+
+
+def _restore_blocks(text: str, blocks: list[str], code_blocks: set[int]) -> tuple[str, list[list[int]]]:
+    """Put the blocks back in place of their placeholders; returns the text and the [start, end) line
+    ranges the code blocks occupy in it (what the heuristics treat as code, not prose [3.1.1])."""
+    out: list[str] = []
+    ranges: list[list[int]] = []
+    line = pos = 0
+    for match in _TOKEN_RE.finditer(text):
+        before = text[pos : match.start()]
+        line += before.count("\n")
+        index = int(match.group(1))
+        block = blocks[index]
+        if index in code_blocks:
+            ranges.append([line, line + block.count("\n") + 1])
+        line += block.count("\n")
+        out += [before, block]
+        pos = match.end()
+    out.append(text[pos:])
+    return "".join(out), ranges
 
 
 class HtmlExtractor(BaseFilter):

@@ -24,6 +24,8 @@ def test_pygments_page_keeps_code_indentation_verbatim():
     text, info = extract_html(page)
     assert info["code"] == 1
     assert source.rstrip("\n") in text  # every line, every indent, the ** and # untouched
+    [(start, end)] = info["code_lines"]  # the line range the heuristics treat as code, not prose
+    assert "\n".join(text.split("\n")[start:end]) == source.rstrip("\n")
     assert "Privacy policy" not in text and "cookies" not in text and "Log in" not in text
 
 

@@ -1,4 +1,4 @@
-"""Heuristic filters: one literal document per drop reason, and kept documents of each domain."""
+"""Heuristic filters: one literal document per family and rule, kept documents of each domain, the gates."""
 
 import functools
 import random
@@ -11,9 +11,13 @@ from data.heuristics import (
     HeuristicsConfig,
     check_document,
     dup_ngram_char_ratio,
+    heuristic_filters,
     reference_frequencies,
     token_kl,
 )
+from data.heuristics.fineweb import FineWebConfig
+from data.heuristics.gopher import RepetitionLimits
+from hf_llama3.recipe_loader import build
 
 PROSE = (
     "The river that runs through the old town was once the main road for merchants who carried salt, "
@@ -57,45 +61,62 @@ def _outliers(n: int) -> str:
     return " ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(rng.randint(4, 9))) for _ in range(n))
 
 
+def _log(n: int) -> str:
+    return "\n".join(
+        f"2024-05-0{i % 9 + 1} 10:{i:02d}:17 WARN [pool-{i % 7}] request {i * 37} timed out" for i in range(n)
+    )
+
+
 CASES = {
-    "dup_line_ratio": "\n".join(["ERROR worker-3 connection refused"] * 8 + [PROSE]),
-    "dup_line_char_ratio": "\n".join(
-        [PROSE, PROSE[:200], PROSE[:200]] + [f"line number {i} is unique here." for i in range(8)]
+    "gopher_repetition:dup_line_ratio": "\n".join(["ERROR worker-3 connection refused"] * 8 + [PROSE]),
+    "gopher_repetition:dup_line_char_ratio": "\n".join(
+        [PROSE] + [PROSE[:200]] * 3 + [f"line number {i} is unique here." for i in range(8)]
     ),
-    "dup_para_ratio": "\n\n".join([PROSE[:300], PROSE[:300], PROSE[:300], PROSE]),
-    "top_ngram_ratio": PROSE + " " + "click here " * 40,
-    "dup_ngram_coverage": PROSE + " " + PROSE,
-    "too_few_words": "The river runs through the old town and the market is on Monday.",
-    "too_many_words": PROSE,  # with max_words lowered below
-    "mean_word_length": varied(80, 1, min_len=11) + " the and with.",
-    "symbol_word_ratio": PROSE + " " + " ".join(f"#tag{i}" for i in range(20)),
-    "bullet_lines": PROSE + "\n" + "\n".join(f"• {varied(8, i)}." for i in range(30)),
-    "ellipsis_lines": "\n".join(f"{s.strip()}..." for s in PROSE.split(",")),
-    "alpha_words_ratio": PROSE + " " + " ".join(str(i * 7919 % 1000) for i in range(60)),
-    "few_stop_words": " ".join(
+    "gopher_repetition:dup_para_ratio": "\n\n".join([PROSE[:300], PROSE[:300], PROSE[:300], PROSE]),
+    "gopher_repetition:dup_para_char_ratio": "\n\n".join([PROSE, PROSE[:300], PROSE[:300], varied(40, 9) + "."]),
+    "gopher_repetition:top_ngram_ratio": PROSE + " " + "click here " * 40,
+    "gopher_repetition:dup_ngram_coverage": PROSE + " " + PROSE,
+    "gopher_quality:too_few_words": "The river runs through the old town and the market is on Monday.",
+    "gopher_quality:too_many_words": PROSE,  # with max_words lowered below
+    "gopher_quality:mean_word_length": varied(80, 1, min_len=11) + " the and with.",
+    "gopher_quality:symbol_word_ratio": PROSE + " " + " ".join(f"#tag{i}" for i in range(20)),
+    "gopher_quality:bullet_lines": PROSE + "\n" + "\n".join(f"• {varied(8, i)}." for i in range(30)),
+    "gopher_quality:ellipsis_lines": "\n".join(f"{s.strip()}..." for s in PROSE.split(",")),
+    "gopher_quality:alpha_words_ratio": PROSE + " " + " ".join(str(i * 7919 % 1000) for i in range(60)),
+    "gopher_quality:few_stop_words": " ".join(
         w
         for w in PROSE.split()
         if w.lower().strip(",.") not in {"the", "be", "to", "of", "and", "that", "have", "with"}
     ),
-    "lorem_ipsum": PROSE + " Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
-    "punct_lines_ratio": "\n".join(PROSE.replace(".", "").replace(",", "").split(" the ")),
-    "short_lines_ratio": PROSE + "\n" + "\n".join(f"{varied(2, i, max_len=9)}." for i in range(30)),
-    "newline_word_ratio": "\n".join(f"{varied(3, i, min_len=9, max_len=10)}." for i in range(40)),
-    "dirty_words": PROSE + " Hot fuck videos, free porn, sluts, fuck fuck and more porn here.",
-    "token_kl": PROSE[:250] + " " + _outliers(150) + ".",
+    "c4:lorem_ipsum": PROSE + " Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+    "c4:curly_bracket": PROSE + " Pass {a: 1} here.",  # with the rule switched on below
+    "fineweb:punct_lines_ratio": "\n".join(PROSE.replace(".", "").replace(",", "").split(" the ")),
+    "fineweb:short_lines_ratio": PROSE + "\n" + "\n".join(f"{varied(2, i, max_len=9)}." for i in range(30)),
+    "fineweb:dup_line_char_ratio": "\n".join([PROSE, PROSE[:120], PROSE[:120], varied(12, 5) + "."]),
+    "fineweb:newline_word_ratio": "\n".join(f"{varied(3, i, min_len=9, max_len=10)}." for i in range(40)),
+    "llama3:repeated_lines": PROSE + "\n" + _log(30),  # with the other repetition rules off below
+    "llama3:dirty_words": PROSE + " Hot fuck videos, free porn, sluts, fuck fuck and more porn here.",
+    "llama3:token_kl": PROSE[:250] + " " + _outliers(150) + ".",
 }
 OVERRIDES = {
-    "too_many_words": {"max_words": 60},
-    "dup_line_char_ratio": {"max_dup_line_ratio": None},
-    "dup_para_ratio": {"max_dup_line_ratio": None, "max_dup_line_char_ratio": None},
-    "newline_word_ratio": {"min_stop_words": None},
+    "gopher_quality:too_many_words": {"gopher_quality": {"max_words": 60}},
+    "gopher_repetition:dup_line_char_ratio": {"gopher_repetition": {"limits": {"max_dup_line_ratio": None}}},
+    "gopher_repetition:dup_para_char_ratio": {"gopher_repetition": {"limits": {"max_dup_para_ratio": None}}},
+    "c4:curly_bracket": {"c4": {"curly_bracket": True}},
+    "fineweb:newline_word_ratio": {"gopher_quality": {"min_stop_words": None}},
+    "fineweb:dup_line_char_ratio": {"gopher_repetition": {"enabled": False}},
+    "llama3:repeated_lines": {f: {"enabled": False} for f in ("gopher_repetition", "gopher_quality", "fineweb")},
 }
+
+
+def config(**sections) -> HeuristicsConfig:
+    """A config built by the recipe loader, as ``heuristics:`` in a recipe would be."""
+    return build(HeuristicsConfig, sections, source="test")
 
 
 @pytest.mark.parametrize("reason", sorted(CASES))
 def test_each_drop_reason_on_a_literal_document(reason):
-    config = HeuristicsConfig(**OVERRIDES.get(reason, {}))
-    assert check_document(CASES[reason], config) == reason
+    assert check_document(CASES[reason], config(**OVERRIDES.get(reason, {}))) == reason
 
 
 @pytest.mark.parametrize(
@@ -113,7 +134,55 @@ def test_kept_documents(text, lang, domain):
 def test_code_is_judged_by_repetition_only():
     assert check_document(CODE, CONFIG, domain="general") is not None  # prose rules would drop it
     assert check_document(CODE, CONFIG, domain="code") is None
-    assert check_document(CODE * 3, CONFIG, domain="code") == "dup_line_ratio"
+    assert check_document(CODE * 3, CONFIG, domain="code") == "llama3:repeated_lines"
+
+
+def test_code_blocks_of_a_documentation_page_are_not_prose():
+    # An API page: every method's example repeats the same calls; extraction marks the <pre> lines.
+    example = "const buf = Buffer.alloc(10);\nconsole.log(buf.toString('hex'));\nbuf.fill(0);"
+    parts, ranges = [], []
+    for i in range(6):
+        parts += [f"{varied(45, 20 + i)} of the {varied(10, 40 + i)} and returns a new buffer with it.", example]
+        ranges.append([6 * i + 2, 6 * i + 5])
+    page = "\n\n".join(parts)
+    assert check_document(page, CONFIG, metadata={"code_lines": ranges}) is None
+    assert check_document(page, CONFIG).startswith("gopher_repetition:")  # the same page judged as all prose
+    log_page = PROSE + "\n\n" + _log(40)
+    assert check_document(log_page, CONFIG, metadata={"code_lines": [[2, 42]]}) == "llama3:repeated_lines"
+
+
+def test_math_markup_is_not_counted_as_symbols_or_non_words():
+    formulas = " ".join(f"$x_{{{i}}} = {i}$" for i in range(40))
+    page = PROSE + " Then " + formulas + " as required."
+    assert check_document(page, CONFIG) is None
+    assert check_document(page.replace("$", ""), CONFIG) == "gopher_quality:alpha_words_ratio"
+
+
+def test_families_are_gated_by_domain_and_language():
+    short = CASES["gopher_quality:too_few_words"]
+    assert check_document(short, config(gopher_quality={"languages": ["de"]})) is None
+    assert check_document(short, config(gopher_quality={"domains": ["code"]})) is None
+    assert check_document(short, config(gopher_quality={"domains": ["general"]})) == "gopher_quality:too_few_words"
+    with pytest.raises(ValueError, match="unknown"):
+        config(fineweb={"domains": ["recipes"]})
+
+
+def test_one_step_per_family_drops_what_the_single_step_drops():
+    from datatrove.data import Document
+
+    texts = {reason: text for reason, text in CASES.items() if reason not in OVERRIDES}
+    texts["ok"] = PROSE
+    single = HeuristicFilter()
+    kept_single = [d.id for d in single.run([Document(text=t, id=i) for i, t in texts.items()])]
+    data = iter([Document(text=t, id=i) for i, t in texts.items()])
+    steps = heuristic_filters()
+    for step in steps:
+        data = step.run(data)
+    assert [d.id for d in data] == kept_single == ["ok"]
+    for step in steps:  # each step counts its own family's reasons, the ones the single step gives
+        for key in step.stats.stats:
+            if key.startswith("dropped_"):
+                assert key.startswith(f"dropped_{step.family}:") and single.stats[key].total == step.stats[key].total
 
 
 def test_german_and_japanese_documents_use_language_specific_rules():
@@ -146,13 +215,13 @@ def test_kl_against_a_corpus_reference_file(tmp_path):
 
     counts = Counter(PROSE.lower().replace(",", "").replace(".", "").split())
     (tmp_path / "ref.json").write_text(json.dumps(counts))
-    step = HeuristicFilter(HeuristicsConfig(kl_reference=str(tmp_path / "ref.json"), max_token_kl=1.0))
+    step = HeuristicFilter(config(llama3={"kl_reference": str(tmp_path / "ref.json"), "max_token_kl": 1.0}))
     assert step.filter(Document(text=PROSE, id="same")) is True  # KL 0 against its own distribution
     off_corpus = PROSE + " " + varied(150, 3) + "."  # common English, but not this corpus's words
     assert check_document(off_corpus, HeuristicsConfig()) is None  # fine against wordfreq's English
-    assert step.filter(Document(text=off_corpus, id="x")) == (False, "token_kl")
+    assert step.filter(Document(text=off_corpus, id="x")) == (False, "llama3:token_kl")
     with pytest.raises(FileNotFoundError, match="kl_reference"):
-        HeuristicsConfig(kl_reference=str(tmp_path / "missing.json"))
+        config(llama3={"kl_reference": str(tmp_path / "missing.json")})
 
 
 def test_dup_ngram_ratio_matches_a_hand_count():
@@ -164,8 +233,10 @@ def test_filter_step_counts_reasons():
     step = HeuristicFilter()
     from datatrove.data import Document
 
-    docs = [Document(text=PROSE, id="ok"), Document(text=CASES["lorem_ipsum"], id="bad")]
+    docs = [Document(text=PROSE, id="ok"), Document(text=CASES["c4:lorem_ipsum"], id="bad")]
     assert [d.id for d in step.run(docs)] == ["ok"]
-    assert step.stats["dropped_lorem_ipsum"].total == 1
+    assert step.stats["dropped_c4:lorem_ipsum"].total == 1
     with pytest.raises(ValueError, match="must be in"):
-        HeuristicsConfig(max_dup_line_ratio=1.5)
+        RepetitionLimits(max_dup_line_ratio=1.5)
+    with pytest.raises(ValueError, match="must be in"):
+        FineWebConfig(min_punct_lines_ratio=1.5)
