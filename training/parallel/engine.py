@@ -1,36 +1,45 @@
 """The 4D-parallel training engine: build the model on the mesh, ``step(batch) -> loss``, save and load.
 
-``ParallelTrainer`` is the small API the pre-training recipe builds on. Every rank passes the same *global*
-batch (``input_ids``, optional ``labels`` and ``document_ids`` of shape ``[batch, seq]``); the engine takes the
-rank's data-parallel rows and context-parallel chunks itself. The loss is the mean next-token cross-entropy
-over the whole global batch, exactly as a single process computes it, so any layout reproduces the
-single-process run (tests/distributed check it to 1e-5).
+``ParallelTrainer`` is the small API the pre-training recipe builds on. Every rank passes the *global* batch
+(``input_ids``, optional ``labels`` and ``document_ids`` of shape ``[batch, seq]``), or with ``step(rows,
+local=True)`` only its data-parallel rows (``local_rows`` says which), so no rank reads the data of another; the
+engine takes the context-parallel chunks itself. The rows are trained as micro-batches of
+``ParallelDims.micro_batch_size`` whose gradients accumulate without reduction until the last one. The loss is
+the mean next-token cross-entropy over the whole global batch (normalised by its count of target tokens), exactly
+as a single process computes it, so any layout and any number of micro-batches reproduce the single-process run
+(tests/distributed check it to 1e-5). It never builds the ``[tokens, vocab]`` logits: without TP the model's own
+chunked output projection + cross-entropy runs on the final hidden states; with TP the vocab-sharded logits go
+through ``loss_parallel`` chunk by chunk, upcast to fp32 one chunk at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
-from typing import Any, ClassVar
+import operator
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
+from torch.utils.checkpoint import checkpoint
 
 from hf_llama3 import Llama3Config
-from hf_llama3.modeling_llama3 import IGNORE_INDEX, positions_from_document_ids
+from hf_llama3.modeling_llama3 import IGNORE_INDEX, chunked_causal_lm_loss, positions_from_document_ids
 
 from .context_parallel import build_attention_mask, load_balanced_indices
 from .deferred_init import build_meta_model, materialize
 from .dims import ParallelDims, submesh
-from .fsdp import DTYPES, FSDPConfig
+from .fsdp import FSDPConfig
 from .hf_checkpoint_load import check_hf_folder, load_hf_folder
-from .parallelize import parallelize_llama, uses_fsdp
+from .parallelize import checkpoint_mode, parallelize_llama
 from .pipeline_parallel import build_schedule
 
 logger = logging.getLogger(__name__)
@@ -100,7 +109,9 @@ class EngineConfig:
         parallel: The layout (``ParallelDims`` or its fields as a dict).
         fsdp: FSDP2 options (``FSDPConfig`` or a dict).
         optimizer: ``OptimizerConfig`` or a dict.
-        activation_checkpointing: Recompute each decoder layer in backward.
+        activation_checkpointing: ``True`` or ``"full"``: recompute each decoder layer in backward;
+            ``"selective"``: per-op, keep the matmul and attention outputs and recompute the rest
+            (``parallelize.SAVED_OPS``); ``False``: keep every activation.
         compile: ``torch.compile`` each decoder layer.
         loss_parallel: Vocab-parallel cross-entropy under TP (the full logits are never gathered), with or without PP.
         seed: Seed of the model initialisation: each module's weights are drawn from ``(seed, module name)``
@@ -114,7 +125,7 @@ class EngineConfig:
     parallel: ParallelDims | dict = dataclasses.field(default_factory=ParallelDims)
     fsdp: FSDPConfig | dict = dataclasses.field(default_factory=FSDPConfig)
     optimizer: OptimizerConfig | dict = dataclasses.field(default_factory=OptimizerConfig)
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool | str = False
     compile: bool = False
     loss_parallel: bool = True
     seed: int = 0
@@ -130,25 +141,54 @@ class EngineConfig:
                 raise ValueError(
                     f"EngineConfig.{name} must be a {cls.__name__} or a dict, got {type(value).__name__}."
                 )
+        checkpoint_mode(self.activation_checkpointing)  # validates the value
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"EngineConfig.device must be 'cpu' or 'cuda', got {self.device!r}.")
         if self.init_from is not None:
             check_hf_folder(self.init_from)
 
 
+def local_rows(batch_size: int, dims: ParallelDims, mesh: DeviceMesh) -> slice:
+    """The rows of a global batch of ``batch_size`` rows that this rank's data-parallel slice trains on."""
+    if batch_size % dims.dp:
+        raise ValueError(f"Global batch size {batch_size} must be divisible by the data-parallel degree {dims.dp}.")
+    rows = batch_size // dims.dp
+    dp_rank = submesh(mesh, "dp").get_local_rank()
+    return slice(dp_rank * rows, (dp_rank + 1) * rows)
+
+
+@dataclasses.dataclass
+class LocalBatch:
+    """This rank's share of a global batch.
+
+    Attributes:
+        input_ids, position_ids, labels: ``[rows, local_seq]``: the data-parallel rows, cut to this rank's
+            context-parallel chunks; ``labels`` are already shifted (the next token of each position).
+        document_ids: ``[rows, seq]`` of the whole rows (every key's document is needed by the mask), or ``None``.
+        seq_len: Tokens per row before the context-parallel cut.
+        batch_size: Rows of the global batch.
+        num_targets: Target tokens (labels other than -100) of the global batch: the loss normaliser.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    document_ids: torch.Tensor | None
+    seq_len: int
+    batch_size: int
+    num_targets: int
+
+
 def split_batch(
-    batch: dict[str, torch.Tensor],
-    dims: ParallelDims,
-    mesh: DeviceMesh,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[dict[str, Any], torch.Tensor, int]:
-    """This rank's share of a global batch: its data-parallel rows and context-parallel chunks of ``input_ids``
-    and ``position_ids``, its attention mask, its shifted labels, and the global count of predicted tokens."""
+    batch: dict[str, torch.Tensor], dims: ParallelDims, mesh: DeviceMesh, device: torch.device, local: bool = False
+) -> LocalBatch:
+    """This rank's :class:`LocalBatch` of ``batch``: the global batch, or (``local``) only this data-parallel
+    rank's rows, whose target count is then summed over the data-parallel group (collective)."""
     input_ids = batch["input_ids"]
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
-    batch_size, seq_len = input_ids.shape
+    rows, seq_len = input_ids.shape
+    batch_size = rows * dims.dp if local else rows
     dims.validate_batch(batch_size, seq_len)
     labels = batch.get("labels", input_ids)
     document_ids = batch.get("document_ids")
@@ -157,26 +197,49 @@ def split_batch(
         position_ids = (
             positions_from_document_ids(document_ids)
             if document_ids is not None
-            else torch.arange(seq_len).expand(batch_size, -1)
+            else torch.arange(seq_len).expand(rows, -1)
         )
     shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    num_targets = int((shift_labels != IGNORE_INDEX).sum())
+    mine = slice(None) if local else local_rows(batch_size, dims, mesh)
+    if local and dims.dp > 1:
+        count = (shift_labels != IGNORE_INDEX).sum().reshape(1).to(device)
+        dist.all_reduce(count, group=submesh(mesh, "dp").get_group())
+        num_targets = int(count)
+    else:
+        num_targets = int((shift_labels != IGNORE_INDEX).sum())
     if num_targets == 0:
         raise ValueError("The batch has no labels to predict (all are -100).")
+    index = load_balanced_indices(seq_len, dims.cp, submesh(mesh, "cp").get_local_rank())
+    return LocalBatch(
+        input_ids=input_ids[mine][:, index].to(device),
+        position_ids=position_ids[mine][:, index].to(device),
+        labels=shift_labels[mine][:, index].to(device),
+        document_ids=document_ids[mine].to(device) if document_ids is not None else None,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        num_targets=num_targets,
+    )
 
-    rows = batch_size // dims.dp
-    dp_rank = submesh(mesh, "dp").get_local_rank()
-    row_slice = slice(dp_rank * rows, (dp_rank + 1) * rows)
-    cp_rank = submesh(mesh, "cp").get_local_rank()
-    index = load_balanced_indices(seq_len, dims.cp, cp_rank)
-    docs = document_ids[row_slice] if document_ids is not None else None
-    local = {
-        "input_ids": input_ids[row_slice][:, index],
-        "position_ids": position_ids[row_slice][:, index],
-        "attention_mask": build_attention_mask(seq_len, dims.cp, cp_rank, docs, rows, dtype=dtype),
-    }
-    local = {k: v.to(device) if v is not None else None for k, v in local.items()}
-    return local, shift_labels[row_slice][:, index].to(device), num_targets
+
+def _sum_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def chunked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Summed cross-entropy of ``[batch, seq, vocab]`` logits (vocab-sharded DTensors under ``loss_parallel``),
+    ``chunk_size`` tokens at a time: each chunk is upcast to fp32 inside a checkpoint that is recomputed in
+    backward, so neither an fp32 copy of the logits nor fp32 log-probabilities of all tokens are kept."""
+    flat, targets = logits.flatten(0, 1), labels.flatten(0, 1)
+    parts = [
+        checkpoint(
+            _sum_cross_entropy,
+            flat[start : start + chunk_size],
+            targets[start : start + chunk_size],
+            use_reentrant=False,
+        )
+        for start in range(0, flat.shape[0], chunk_size)
+    ]
+    return functools.reduce(operator.add, parts)
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -215,8 +278,11 @@ class ParallelTrainer:
         materialize(modules, init_fn, config.seed, self.device, parameters=config.init_from is None)
         if config.init_from is not None:
             load_hf_folder(self.stages, config.init_from)
+        # Without TP the last stage returns its final hidden states and the loss applies lm_head chunk by chunk.
+        self.chunked_head = self.dims.tp == 1
         for _, stage in self.stages:
             stage.train()
+            stage.head_in_loss = self.chunked_head
         opt = config.optimizer
         self.optimizers = [
             torch.optim.AdamW(
@@ -225,58 +291,92 @@ class ParallelTrainer:
             for _, stage in self.stages
         ]
         self.lr_schedulers = [torch.optim.lr_scheduler.LambdaLR(o, opt.lr_factor) for o in self.optimizers]
-        # The pipeline schedule is built at the first step and rebuilt when the microbatch shape changes (batch
-        # or sequence-length ramps [3.4.1]): pipeline stages fix their activation shapes at their first step.
+        # The pipeline schedule is built at the first step and rebuilt when the microbatch shape or count changes
+        # (batch or sequence-length ramps [3.4.1]): pipeline stages fix their activation shapes at their first step.
         self.schedule = None
-        self._schedule_shape: tuple[int, ...] | None = None
+        self._schedule_key: tuple[int, ...] | None = None
         self.last_grad_norm: float | None = None
         self._loss_scale = 1.0
         self.step_count = 0
-        # Attention masks are built in the dtype the layers compute in (FSDP's param dtype when sharded).
-        self.compute_dtype = DTYPES[config.fsdp.param_dtype] if uses_fsdp(self.dims, config.fsdp) else torch.float32
+        self._cp_rank = submesh(self.mesh, "cp").get_local_rank()
 
     @property
     def has_last_stage(self) -> bool:
         """Whether this rank computes the loss (holds the output layer)."""
         return any(stage.is_last for _, stage in self.stages)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy of a (micro)batch, scaled so gradients summed over ranks give the global mean."""
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        return loss * self._loss_scale
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch of ``batch_size`` rows this rank trains on (pass them to ``step(local=True)``)."""
+        return local_rows(batch_size, self.dims, self.mesh)
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
-        """One optimizer step on the global ``batch``; returns its mean loss (the same value on every rank)."""
-        local, labels, num_targets = split_batch(batch, self.dims, self.mesh, self.device, self.compute_dtype)
+    def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of a micro-batch, scaled so gradients summed over ranks give the global mean.
+
+        ``output``: the final hidden states (no TP: the model's chunked output projection + cross-entropy, which
+        accumulates in fp32) or the logits (TP: vocab-sharded under ``loss_parallel``)."""
+        chunk = self.model_config.loss_chunk_size or labels.numel()
+        if self.chunked_head:
+            head = next(stage.lm_head for _, stage in self.stages if stage.is_last)
+            # Under FSDP the head's weight is the gathered one here: the root keeps it after its forward.
+            return chunked_causal_lm_loss(
+                output, head.weight, None, chunk, num_items_in_batch=1 / self._loss_scale, shift_labels=labels
+            )
+        return chunked_cross_entropy(output, labels, chunk) * self._loss_scale
+
+    def _attention_mask(self, data: LocalBatch, rows: slice) -> torch.Tensor | None:
+        docs = data.document_ids[rows] if data.document_ids is not None else None
+        count = data.input_ids[rows].shape[0]
+        return build_attention_mask(data.seq_len, self.dims.cp, self._cp_rank, docs, count, device=self.device)
+
+    def _accumulate(self, data: LocalBatch, count: int) -> torch.Tensor:
+        """Forward and backward of ``count`` micro-batches on the single stage; gradients are reduced after the
+        last one only (FSDP's gradient-sync switch). Returns the summed loss."""
+        _, stage = self.stages[0]
+        size = data.input_ids.shape[0] // count
+        total = torch.zeros((), device=self.device)
+        for index in range(count):
+            rows = slice(index * size, (index + 1) * size)
+            if isinstance(stage, FSDPModule):
+                stage.set_requires_gradient_sync(index == count - 1)
+            output = stage(
+                data.input_ids[rows],
+                position_ids=data.position_ids[rows],
+                attention_mask=self._attention_mask(data, rows),
+            )
+            loss = self._loss(output, data.labels[rows])
+            loss.backward()
+            total += _full(loss.detach())
+        return total
+
+    def _pipeline(self, data: LocalBatch, count: int) -> torch.Tensor:
+        """The local rows as ``count`` microbatches of the pipeline schedule; returns the summed loss (zero on
+        ranks without the last stage)."""
+        key = (*data.input_ids.shape, count)
+        if self._schedule_key != key:
+            dims = dataclasses.replace(self.dims, pp_microbatches=count, micro_batch_size=None)
+            self.schedule = build_schedule(self.stages, dims, submesh(self.mesh, "pp"), self._loss, self.device)
+            self._schedule_key = key
+        losses: list[torch.Tensor] = []
+        self.schedule.step(
+            data.input_ids,
+            target=data.labels,
+            losses=losses,
+            position_ids=data.position_ids,
+            attention_mask=self._attention_mask(data, slice(None)),
+        )
+        return sum(_full(x.detach()) for x in losses) if self.has_last_stage else torch.zeros((), device=self.device)
+
+    def step(self, batch: dict[str, torch.Tensor], local: bool = False) -> float:
+        """One optimizer step on a global batch: ``batch`` is the whole of it, or with ``local`` only this rank's
+        rows (``local_rows``). Returns its mean loss (the same value on every rank)."""
+        data = split_batch(batch, self.dims, self.mesh, self.device, local=local)
         # FSDP averages gradients over its dp x cp ranks; each rank's summed loss is scaled to undo that.
         fsdp_ranks = self.dims.dp * self.dims.cp if self.dims.fsdp_enabled else 1
-        self._loss_scale = fsdp_ranks / num_targets
+        self._loss_scale = fsdp_ranks / data.num_targets
+        count = self.dims.num_microbatches(data.batch_size)
         vocab_parallel = self.dims.tp > 1 and self.config.loss_parallel
         with loss_parallel() if vocab_parallel else contextlib.nullcontext():
-            if self.dims.pp == 1:
-                _, stage = self.stages[0]
-                logits = stage(
-                    local["input_ids"], position_ids=local["position_ids"], attention_mask=local["attention_mask"]
-                )
-                loss = self._loss(logits, labels)
-                loss.backward()
-                local_loss = _full(loss.detach())
-            else:
-                if self._schedule_shape != tuple(local["input_ids"].shape):
-                    pp_mesh = submesh(self.mesh, "pp")
-                    self.schedule = build_schedule(self.stages, self.dims, pp_mesh, self._loss, self.device)
-                    self._schedule_shape = tuple(local["input_ids"].shape)
-                losses: list[torch.Tensor] = []
-                self.schedule.step(
-                    local["input_ids"],
-                    target=labels,
-                    losses=losses,
-                    position_ids=local["position_ids"],
-                    attention_mask=local["attention_mask"],
-                )
-                local_loss = sum(_full(x.detach()) for x in losses) if self.has_last_stage else torch.zeros(())
+            local_loss = self._accumulate(data, count) if self.dims.pp == 1 else self._pipeline(data, count)
         if self.config.optimizer.max_grad_norm > 0:
             self.last_grad_norm = self.clip_grad_norm(self.config.optimizer.max_grad_norm)
         for optimizer, scheduler in zip(self.optimizers, self.lr_schedulers):

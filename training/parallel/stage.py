@@ -59,6 +59,9 @@ class Llama3Stage(nn.Module):
         )
         self.lm_head = causal_lm.lm_head if is_last else None
         self.cp_group: dist.ProcessGroup | None = None
+        # The engine's chunked loss applies lm_head itself, chunk by chunk: the last stage then returns the final
+        # hidden states and the [tokens, vocab] logits are never built.
+        self.head_in_loss = False
 
     def forward(
         self,
@@ -81,5 +84,6 @@ class Llama3Stage(nn.Module):
                 cp_group=self.cp_group,
             )
         if self.is_last:
-            hidden = self.lm_head(self.model.norm(hidden))
+            hidden = self.model.norm(hidden)
+            return hidden if self.head_in_loss else self.lm_head(hidden)
         return hidden
