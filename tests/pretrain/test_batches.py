@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from data.shards import PackedShardReader
 from training.pretrain.batches import BatchBuilder, SourceStream
@@ -50,3 +51,19 @@ def test_errors_name_the_problem(byte_shards, tmp_path):
         SourceStream("x", {"path": str(byte_shards), "category": "poetry"}, eval_sequences=1)
     with pytest.raises(ValueError, match="not enough to hold out"):
         SourceStream("x", str(byte_shards), eval_sequences=10_000)
+
+
+def test_each_rank_reads_its_rows_of_the_same_global_batch(byte_shards):
+    """Rank r of 4 gets rows r*2..r*2+1 of the global batch, and every stream ends where the global build left it
+    (the next batch, and a resume under another layout, see the same data)."""
+    sources = {"code": {"path": str(byte_shards), "category": "code"}, "all": str(byte_shards)}
+    weights = {"code": 0.5, "all": 0.5}
+    whole = BatchBuilder(sources, eval_sequences=2)
+    expected = [whole.build(8, 100, weights) for _ in range(40)]  # several epochs of the small code category
+    for rank in range(4):
+        mine = BatchBuilder(sources, eval_sequences=2)
+        rows = slice(2 * rank, 2 * rank + 2)
+        for batch in expected:
+            got = mine.build(8, 100, weights, rows=rows)
+            assert all(torch.equal(got[key], batch[key][rows]) for key in batch)
+        assert mine.state_dict() == whole.state_dict()

@@ -34,7 +34,8 @@ def test_runner_skips_a_planted_bad_batch_and_logs_it(tmp_path, byte_shards, sin
     recipe = build_config(PretrainRecipe, values)
     runner = Runner(recipe, build_stages(recipe), recipe.output_dir)
     bad_step = 4
-    runner.trainer.stages[0][1].lm_head.register_forward_hook(
+    # The final norm's output feeds the output projection (applied inside the chunked loss).
+    runner.trainer.stages[0][1].model.norm.register_forward_hook(
         lambda _m, _i, out: out * float("nan") if runner.trainer.step_count == bad_step else out
     )
     state = runner.run()

@@ -4,8 +4,10 @@ Each source (a folder of packed shards from ``hf-llama3 curate``) is read as one
 shard rows concatenated, documents separated by EOS. A sequence of length ``L`` is the next ``L`` tokens of its
 source, so the ramp (4096 -> 8192 -> 131072 tokens [3.4]) changes how the stream is cut, never which tokens come
 next. The last ``eval_sequences`` rows of every source are held out for the evaluation loss. Document ids restart
-after each EOS; the engine turns them into the document mask and restarting positions [3.2]. Every rank builds the
-same global batch; the engine takes its own rows and chunks.
+after each EOS; the engine turns them into the document mask and restarting positions [3.2]. Each data-parallel rank
+reads only its own rows of the global batch: the source draws and stream positions still advance over every row, so
+the data order (and a resumed run) is the same under any layout. A row is read whole on its context-parallel ranks
+(its document ids depend on every EOS before a chunk); the engine cuts the chunks.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ class SourceStream:
                     spans.append((int(first + row), int(start), int(length)))
         return spans
 
+    def skip(self, length: int) -> None:
+        """Pass over the next ``length`` tokens without reading them (another data-parallel rank's row)."""
+        boundary = (self.position + length - 1) // self.size  # the last epoch start inside the skipped tokens
+        if boundary >= 1 and boundary * self.size >= self.position:
+            logger.info("source %s: starting epoch %d", self.name, boundary + 1)
+        self.position += length
+
     def take(self, length: int) -> np.ndarray:
         """The next ``length`` tokens."""
         out = np.empty(length, dtype=np.int64)
@@ -119,14 +128,21 @@ class BatchBuilder:
         self.sampler = SourceSampler()
         self.tokens_per_source = dict.fromkeys(self.streams, 0)
 
-    def build(self, batch_size: int, seq_len: int, weights: dict[str, float]) -> dict[str, torch.Tensor]:
-        """The next global batch ``[batch_size, seq_len]`` drawn under ``weights``."""
-        rows = []
-        for _ in range(batch_size):
+    def build(
+        self, batch_size: int, seq_len: int, weights: dict[str, float], rows: slice | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The next global batch ``[batch_size, seq_len]`` drawn under ``weights``, or only its ``rows`` (this
+        data-parallel rank's, ``ParallelTrainer.local_rows``): the others are drawn and skipped, not read."""
+        wanted = range(batch_size)[rows if rows is not None else slice(None)]
+        read = []
+        for index in range(batch_size):
             name = self.sampler.draw(weights)
-            rows.append(self.streams[name].take(seq_len))
+            if index in wanted:
+                read.append(self.streams[name].take(seq_len))
+            else:
+                self.streams[name].skip(seq_len)
             self.tokens_per_source[name] += seq_len
-        return to_batch(np.stack(rows), self.eos)
+        return to_batch(np.stack(read), self.eos)
 
     def eval_batches(self, seq_len: int) -> dict[str, dict[str, torch.Tensor]]:
         """Held-out batch of every shard folder at ``seq_len``, named by its first source (category views of one

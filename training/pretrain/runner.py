@@ -171,10 +171,12 @@ class Runner:
             for optimizer in self.trainer.optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = plan.lr
-            batch = self.builder.build(plan.batch_size, plan.seq_len, plan.weights)
+            # This rank reads only its data-parallel rows of the global batch.
+            rows = self.trainer.local_rows(plan.batch_size)
+            batch = self.builder.build(plan.batch_size, plan.seq_len, plan.weights, rows=rows)
             maybe_inject_fault("step", self.trainer.step_count)
             self.log.start(plan.seq_len)
-            loss = self.trainer.step(batch)
+            loss = self.trainer.step(batch, local=True)
             skipped = self.guard.after_step(loss, self.trainer.step_count)
             tokens = plan.batch_size * plan.seq_len
             self.state.stage_step += 1
