@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch.distributed.device_mesh import DeviceMesh
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from hf_llama3 import Llama3ForCausalLM
 
@@ -17,6 +19,44 @@ from .stage import Llama3Stage
 from .tensor_parallel import apply_tensor_parallel
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_MODES = ("full", "selective")
+_aten = torch.ops.aten
+# Selective checkpointing keeps the outputs of the ops that cost the FLOPs (matmuls, attention) and of the
+# tensor-parallel reduce-scatter (a recomputation would repeat the communication); it recomputes the rest (norms,
+# RoPE, SiLU, elementwise products, casts): cheap to redo, and most of a layer's activation bytes.
+SAVED_OPS = {
+    _aten.mm.default,
+    _aten.addmm.default,
+    _aten.bmm.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.higher_order.flex_attention,
+    torch.ops._c10d_functional.reduce_scatter_tensor.default,
+}
+
+
+def _selective_policy(_ctx, op, *_args, **_kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_checkpoint_context():
+    """The forward/recompute context pair of per-op (selective) activation checkpointing (``SAVED_OPS`` kept)."""
+    return create_selective_checkpoint_contexts(_selective_policy)
+
+
+def checkpoint_mode(activation_checkpointing: bool | str) -> str | None:
+    """``None`` (off), ``full`` (recompute each decoder layer) or ``selective`` (recompute all but ``SAVED_OPS``)."""
+    if activation_checkpointing in (False, None):
+        return None
+    mode = "full" if activation_checkpointing is True else activation_checkpointing
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(
+            f"activation_checkpointing must be true/false or one of {CHECKPOINT_MODES}, got {activation_checkpointing!r}."
+        )
+    return mode
 
 
 def fsdp_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
@@ -36,7 +76,7 @@ def parallelize_llama(
     dims: ParallelDims,
     mesh: DeviceMesh,
     fsdp: FSDPConfig | None = None,
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool | str = False,
     compile_layers: bool = False,
     loss_parallel: bool = True,
 ) -> list[tuple[int, Llama3Stage]]:
@@ -48,9 +88,13 @@ def parallelize_llama(
     dims.validate_model(model.config)
     model.config._attn_implementation = register_parallel_attention()
     model.config.use_cache = False
-    if activation_checkpointing:
+    mode = checkpoint_mode(activation_checkpointing)
+    if mode is not None:
         # The model's GradientCheckpointingLayer checkpoints each decoder layer's forward (FSDP hooks stay outside).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if mode == "selective":
+            kwargs["context_fn"] = selective_checkpoint_context
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     stages = split_into_stages(model, dims, submesh(mesh, "pp").get_local_rank())
     for _, stage in stages:
         if dims.tp > 1:

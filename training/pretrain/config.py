@@ -267,6 +267,8 @@ class PretrainRecipe:
         parallel: ``ParallelDims`` fields (Table 4 layouts in the 405B recipe).
         fsdp: ``FSDPConfig`` fields.
         optimizer: ``OptimizerConfig`` fields: AdamW, warmup and cosine decay by step, used by stages 1 and 2.
+        activation_checkpointing: ``false``, ``true``/``full`` (recompute each decoder layer) or ``selective``
+            (per-op: matmul and attention outputs kept, the rest recomputed).
         sources: Data source name -> folder of packed shards (``hf-llama3 curate`` output, ``manifest.json``), or
             ``{path: folder, category: name}`` for one mix category of a folder.
         eval_sequences: Sequences held out at the end of each source for the short-context evaluation loss.
@@ -285,6 +287,9 @@ class PretrainRecipe:
         init_from: A Hugging Face folder (safetensors) to start from instead of a random initialisation:
             continued pre-training of a released checkpoint; ``model``/``model_overrides`` must match its
             ``config.json``. Each rank reads only its shards.
+        process_group_timeout_s: Seconds a collective may wait before the process group aborts (default: torch's,
+            10 minutes on NCCL); see ``training.parallel.distributed`` for the NCCL flight recorder that names the
+            rank and collective of a hang. Not in the paper.
     """
 
     sources: dict[str, str | dict[str, str]]
@@ -296,7 +301,7 @@ class PretrainRecipe:
     parallel: dict = dataclasses.field(default_factory=dict, metadata={"schema": ParallelDims})
     fsdp: dict = dataclasses.field(default_factory=dict, metadata={"schema": FSDPConfig})
     optimizer: dict = dataclasses.field(default_factory=dict, metadata={"schema": OptimizerConfig})
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool | str = False
     compile: bool = False
     seed: int = dataclasses.field(default=0, metadata=bounds(min=0))
     init_from: str | None = None
@@ -312,6 +317,9 @@ class PretrainRecipe:
     keep_last: int = dataclasses.field(default=2, metadata=bounds(min=0))
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["jsonl", "tensorboard"])
     peak_flops: float | None = dataclasses.field(default=None, metadata=bounds(gt=0))
+    process_group_timeout_s: float | None = dataclasses.field(
+        default=None, metadata=bounds("seconds a collective may wait before the run aborts", gt=0)
+    )
 
     def __post_init__(self) -> None:
         for name, source in self.sources.items():

@@ -34,6 +34,7 @@ HOW_KEYS = (
     "fsdp",
     "activation_checkpointing",
     "compile",
+    "process_group_timeout_s",
 )
 STAGE_HOW_KEYS = ("parallel",)  # per-stage layout overrides of long_context / anneal
 MODEL_SHAPE_KEYS = (
