@@ -1,8 +1,10 @@
-"""`hf-llama3 curate` end to end on the embedded sample corpus: report, mix, and kill-then-resume giving
-byte-identical output."""
+"""`hf-llama3 curate` end to end on the embedded sample corpus: report, mix, kill-then-resume giving byte-identical
+output, and the Slurm / Ray executors built from the same recipe."""
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,10 +27,11 @@ def curate_cmd(out: Path) -> list[str]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
+    """Every output file's hash; ``logs/`` (datatrove's timed logs and statistics) aside."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != "logs"
     }
 
 
@@ -48,15 +51,16 @@ def test_report_counts_every_step_reason_language_and_category(uninterrupted):
     assert list(steps)[:2] == ["UrlBlocklistFilter", "HtmlExtractor"]
     assert steps["UrlBlocklistFilter"]["dropped"]["blocked_domain"]["docs"] == 1
     assert steps["PiiFilter"]["dropped"]["pii_density"]["docs"] == 1
-    assert steps["UrlDeduplicator"]["dropped"]["older_crawl_of_url"]["docs"] == 3
-    assert steps["MinHashDeduplicator"]["dropped"]["minhash_duplicate"]["docs"] >= 1
-    assert steps["LineDeduplicator"]["removed_lines"] > 0
+    assert steps["UrlDedupFilter"]["dropped"]["older_crawl_of_url"]["docs"] == 3
+    assert steps["MinHashDedupFilter"]["dropped"]["minhash_duplicate"]["docs"] >= 1
+    assert steps["LineDedupFilter"]["removed_lines"] > 0
+    assert report["kept_documents"] == steps["QualityFilter"]["out_docs"] == summary["kept_documents"]
     assert report["reader_skipped"] == {"empty_page": 1, "malformed_json": 2, "truncated_record": 1}
     for step in report["steps"]:  # the funnel adds up
         assert step["in_docs"] == step["out_docs"] + sum(d["docs"] for d in step["dropped"].values())
     assert {"en", "de", "ja", "ru"} <= set(report["languages"])
     assert 0.15 < report["tokens_per_char"] < 0.6  # Llama 3 tokens per character of the curated text
-    assert steps["HeuristicFilter"]["in_tokens_est"] > steps["HeuristicFilter"]["out_tokens_est"] > 0
+    assert steps["HtmlExtractor"]["in_tokens_est"] > steps["HtmlExtractor"]["out_tokens_est"] > 0
     for name, cat in report["categories"].items():
         assert abs(cat["actual_weight"] - cat["target_weight"]) <= 0.02, name
     assert summary["sequences"] == report["shards"]["sequences"] > 0
@@ -65,12 +69,15 @@ def test_report_counts_every_step_reason_language_and_category(uninterrupted):
 def test_kill_mid_run_then_resume_with_two_workers_gives_identical_output(uninterrupted, tmp_path):
     reference, _ = uninterrupted
     out = tmp_path / "run"
-    proc = subprocess.Popen(curate_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_task = out / "filtered" / "00000.stats.json"
+    # Its own process group: the kill takes the run with datatrove's worker and manager processes, as a cluster would.
+    proc = subprocess.Popen(
+        curate_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    first_task = out / "logs" / "filter" / "completions" / "00000"  # datatrove's marker of a finished task
     deadline = time.time() + 300
     while not first_task.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode != 0, "the run finished before it could be killed"
     assert not (out / "shards" / "manifest.json").exists()
@@ -82,10 +89,11 @@ def test_kill_mid_run_then_resume_with_two_workers_gives_identical_output(uninte
     assert tree_digest(out) == tree_digest(reference)
 
 
-def test_a_document_that_breaks_a_step_is_counted_not_fatal(tmp_path, monkeypatch):
+def test_a_document_that_breaks_a_step_is_counted_not_fatal():
     """A step raising on one document (a bug or a pathological page) drops that document as ``step_error``."""
-    from data import pipeline
-    from data.config import load_config
+    from datatrove.data import Document
+
+    from data.stage_io import CountedFilter
 
     class RaisesOnOne:
         def filter(self, doc):
@@ -93,17 +101,10 @@ def test_a_document_that_breaks_a_step_is_counted_not_fatal(tmp_path, monkeypatc
                 raise RuntimeError("pathological page")
             return True
 
-    real_steps = pipeline.per_document_steps
-    monkeypatch.setattr(pipeline, "per_document_steps", lambda cfg: [real_steps(cfg)[0], RaisesOnOne()])
-    rows = [{"text": "fine text " * 40, "id": "ok"}, {"text": "x " * 100, "id": "breaks"}]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = load_config(RECIPE, [f"output_dir={tmp_path}/o", f"reader.paths=[{tmp_path}/in.jsonl]"])
-    (tmp_path / "o").mkdir()
-    stats = json.loads(
-        Path(pipeline.run_file_task(config, 0, str(tmp_path / "in.jsonl"), str(tmp_path / "o"))).read_text()
-    )
-    assert stats["kept"] == 1
-    assert stats["steps"][1]["dropped"] == {"step_error": {"docs": 1, "chars": 200}}
+    step = CountedFilter(RaisesOnOne())
+    docs = [Document(text="fine text " * 40, id="ok"), Document(text="x " * 100, id="breaks")]
+    assert [d.id for d in step.run(iter(docs))] == ["ok"]
+    assert step.stats["dropped_step_error"].total == 1 and step.stats["chars_dropped_step_error"].total == 200
 
 
 def test_rerun_with_other_settings_is_refused(uninterrupted, capsys):
@@ -126,30 +127,26 @@ def test_bad_configs_exit_2_with_a_clear_message(tmp_path, capsys):
     assert "mix.weights.general: must be >= 0" in capsys.readouterr().err
 
 
-def test_same_recipe_on_datatrove_executors_gives_the_same_shards(uninterrupted, tmp_path):
-    """executor.kind=datatrove-local: the three stages as datatrove pipelines (what Slurm/Ray run) -> same tokens."""
-    import numpy as np
+def test_slurm_and_ray_executors_come_from_the_same_recipe(tmp_path):
+    """executor.kind=slurm builds one dependent Slurm job array per stage (nothing is submitted here); ray does the
+    same with Ray when it is installed."""
+    from data.config import ExecutorConfig, load_config
+    from data.executors import make_executor
+    from data.pipeline import curate_stages
 
-    reference, _ = uninterrupted
-    out = tmp_path / "dt"
-    result = subprocess.run(
-        [*curate_cmd(out), "--set", "executor.kind=datatrove-local"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ours = json.loads((reference / "shards" / "manifest.json").read_text())
-    theirs = json.loads((out / "shards" / "manifest.json").read_text())
-    assert theirs["tokens_per_category"] == ours["tokens_per_category"]
-    for a, b in zip(ours["shards"], theirs["shards"]):
-        assert (np.load(reference / "shards" / a["tokens"]) == np.load(out / "shards" / b["tokens"])).all()
-    report = json.loads((out / "report.json").read_text())
-    dropped = {reason: n for step in report["steps"] for reason, n in step["dropped"].items()}
-    assert dropped["blocked_domain"] == 1 and dropped["older_crawl_of_url"] == 3 and dropped["pii_density"] == 1
-    assert report["steps"][0]["skipped"] == {"empty_page": 1, "malformed_json": 2, "truncated_record": 1}
-    from data.config import ExecutorConfig
-
+    sets = [f"output_dir={tmp_path}/o", f"reader.paths=[{SAMPLE}]"]
+    options = "{partition: cpu, time: '01:00:00', cpus_per_task: 2}"
+    config = load_config(RECIPE, [*sets, "executor.kind=slurm", f"executor.options={options}"])
+    stages = curate_stages(config)
+    previous = None
+    for stage in stages:
+        executor = make_executor(config, stage, previous)
+        assert type(executor).__name__ == "SlurmPipelineExecutor" and executor.depends is previous
+        assert executor.world_size == stage.tasks and executor.job_name == f"curate-{stage.name}"
+        previous = executor
+    assert stages[0].name == "filter" and stages[-1].name == "report"
     with pytest.raises(ValueError, match="partition"):
         ExecutorConfig(kind="slurm")
+    pytest.importorskip("ray", reason="ray is not installed: the Ray executor cannot be built here")
+    config = load_config(RECIPE, [*sets, "executor.kind=ray"])
+    assert type(make_executor(config, stages[0])).__name__ == "RayPipelineExecutor"
