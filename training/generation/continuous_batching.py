@@ -24,6 +24,16 @@ from training.generation.engine import SamplingSettings
 CPU_PAGE_SIZE = 64
 
 
+def cpu_cache_config(prompts: Sequence[Sequence[int]], per_prompt: int, max_new_tokens: int) -> dict[str, int]:
+    """Paged-cache size for a CPU run: enough blocks for every sample unshared, and no more.
+
+    Left to itself transformers sizes the cache from free memory, which on CPU means allocating (and zeroing)
+    gigabytes of host memory per call: tens of seconds for the tiny test model.
+    """
+    blocks = sum(per_prompt * -(-(len(p) + max_new_tokens) // CPU_PAGE_SIZE) for p in prompts)
+    return {"page_size": CPU_PAGE_SIZE, "num_blocks": blocks + 1, "max_batch_tokens": 2048}
+
+
 class ContinuousBatchingEngine:
     """K samples per prompt through ``model.generate_batch``; greedy decoding draws one and repeats it K times."""
 
@@ -52,7 +62,8 @@ class ContinuousBatchingEngine:
             **sampling,
         )
         on_cuda = self.model.device.type == "cuda"
-        cb_config = ContinuousBatchingConfig(seed=settings.seed, **({} if on_cuda else {"page_size": CPU_PAGE_SIZE}))
+        sizing = {} if on_cuda else cpu_cache_config(prompts, per_prompt, settings.max_new_tokens)
+        cb_config = ContinuousBatchingConfig(seed=settings.seed, **sizing)
         self.model.eval()
         outputs = self.model.generate_batch(
             [list(p) for p in prompts],
