@@ -25,9 +25,10 @@ def _snapshot(trainer: ParallelTrainer) -> dict[str, torch.Tensor]:
 
 
 def _plant(trainer: ParallelTrainer, factor: float):
-    """A corrupted batch: the logits multiplied by ``factor`` (a loss spike; inf/NaN give NaN gradients)."""
+    """A corrupted batch: the logits multiplied by ``factor`` (a loss spike; inf/NaN give NaN gradients), through
+    the final norm's output, which the bias-free output projection (applied inside the chunked loss) scales alike."""
     stage = trainer.stages[0][1]
-    return stage.lm_head.register_forward_hook(lambda _m, _i, out: out * factor)
+    return stage.model.norm.register_forward_hook(lambda _m, _i, out: out * factor)
 
 
 @pytest.mark.parametrize("factor", [float("inf"), 50.0])
