@@ -3,8 +3,8 @@
 One process plays one rank of the whole world. The default process group is torch's fake one (backend
 ``"fake"``: collectives return at once, shapes are right, values are not), so ``ParallelDims.build_mesh`` lays out
 the real 4D ``DeviceMesh`` of e.g. 8,192 ranks. The model is built under ``torch.device("meta")`` (no storage) and
-cut and sharded by the engine's own ``parallelize_llama`` (pipeline split, TP plans, FSDP2 ``fully_shard``); a
-``torch.optim.AdamW`` step on meta gradients then builds the rank's real optimizer state. Parameters, gradients
+cut and sharded by the engine's own ``parallelize_llama`` (pipeline split, TP plans, FSDP2 ``fully_shard``); gradients and AdamW's moments are then
+allocated on meta like the sharded parameters, as FSDP2 and ``torch.optim.AdamW`` allocate them. Parameters, gradients
 and optimizer state are counted from those rank-local (DTensor local) tensors, so they are what the engine
 allocates, not a formula. Torch has no tool that does this (its memory tracker needs a CUDA device and real
 allocations), hence this module.
@@ -14,7 +14,7 @@ What is counted, per rank:
   the master weights) and computes with bf16 copies; there is no separate master copy.
 - grads: the sharded gradients FSDP2 leaves after its reduce-scatter, in the sharded parameter dtype (fp32; the
   reduction itself runs in ``reduce_dtype``, fp32 in the recipes [3.3.2]).
-- optimizer: AdamW's two moments per local parameter element (fp32), as built by a real ``AdamW.step``.
+- optimizer: AdamW's two moments per local parameter element (fp32, ``zeros_like`` of the sharded parameter).
 - gathered: the unsharded compute-dtype (bf16) parameters FSDP2 holds between forward and backward. The recipes
   keep them gathered after the forward (``reshard_after_forward: false`` [3.3.2]), so every FSDP unit of the rank
   stays gathered (over ``dp_shard x cp``; still TP-sharded); with resharding, the root plus two layers (the one
@@ -41,9 +41,10 @@ compute-dtype bytes (2 for bf16), hidden ``h``, FFN ``f``, ``a`` heads, ``k`` = 
 - first stage: the token ids (``8 T``). Last stage: the final norm as above, the gathered input of the output
   layer (``p T h``), the fp32 log-softmax of the engine's cross-entropy (``4 T V / t``) and the labels (``8 T``).
   RoPE ``cos``/``sin`` (``2 p T d``) once per stage.
-- the engine's dense additive mask ``[rows, 1, s / c, s]`` in the compute dtype, built once per step for all local
-  rows (``p R s^2 / c``); with ``mask="block"`` a flex-attention block mask (int32 block indices for full and
-  partial blocks of 128 x 128) instead, as point 4 of issue 13 plans.
+- the attention mask of the step's ``R`` local rows: the engine's flex-attention ``BlockMask`` (``mask="block"``,
+  ``context_parallel.build_attention_mask``: int32 tables of full and partial 128 x 128 tiles, for the forward
+  and the backward, ``16 R (s / 128c) (s / 128)``); or, with ``mask="dense"``, the additive ``[R, 1, s / c, s]``
+  mask in the compute dtype the engine built before (``p R s^2 / c``), the CPU-training fallback.
 
 ``tests/distributed/test_simulated_launch.py`` checks this formula against the bytes autograd actually keeps
 (``saved_tensors_hooks``, as ``benchmarks/parallel_memory.py`` measures) on a small CPU model for TP/CP layouts,
@@ -182,15 +183,16 @@ def activation_bytes(
 
 
 def mask_bytes(dims: ParallelDims, seq_len: int, local_rows: int, dtype_bytes: int, kind: str) -> int:
-    """The attention mask of one step's local rows: the engine's dense ``[rows, 1, s/cp, s]`` additive mask, or
-    a flex-attention block mask (int32 counts and indices of full and partial 128 x 128 blocks)."""
+    """The attention mask of one step's local rows: a flex-attention block mask (int32 counts and indices of full
+    and partial 128 x 128 tiles, kv-major for the forward and q-major for the backward), or the dense
+    ``[rows, 1, s/cp, s]`` additive mask."""
     if kind not in MASK_KINDS:
         raise ValueError(f"mask must be one of {MASK_KINDS}, got {kind!r}.")
     local = seq_len // dims.cp
     if kind == "dense":
         return dtype_bytes * local_rows * local * seq_len
     q_blocks, kv_blocks = math.ceil(local / FLEX_BLOCK), math.ceil(seq_len / FLEX_BLOCK)
-    return local_rows * 2 * 4 * q_blocks * (kv_blocks + 1)
+    return local_rows * 4 * 4 * (q_blocks + 1) * (kv_blocks + 1)
 
 
 def forwards_in_flight(dims: ParallelDims, pp_rank: int, n: int) -> int:
@@ -245,14 +247,14 @@ def simulate_rank(
         params = grads = optimizer = gathered = 0
         for _, stage in stages:
             parameters = list(stage.parameters())
-            for parameter in parameters:
-                # FSDP2 leaves sharded gradients in the sharded parameter's dtype.
-                parameter.grad = torch.zeros_like(parameter)
-            adamw = torch.optim.AdamW(parameters)
-            adamw.step()
+            # FSDP2 leaves sharded gradients in the sharded parameter's dtype; AdamW's first step allocates
+            # exp_avg and exp_avg_sq as zeros_like(parameter) (torch.optim.adamw._init_group). Allocated here the
+            # same way rather than by a meta AdamW step, which costs seconds of DTensor dispatch per rank.
+            grad_tensors = [torch.zeros_like(p) for p in parameters]
+            moments = [torch.zeros_like(p) for p in parameters for _ in ("exp_avg", "exp_avg_sq")]
             params += _nbytes(parameters)
-            grads += _nbytes(p.grad for p in parameters)
-            optimizer += _nbytes(v for state in adamw.state.values() for v in state.values() if v.dim() > 0)
+            grads += _nbytes(grad_tensors)
+            optimizer += _nbytes(moments)
             if sharded:
                 gathered += _gathered_bytes(stage, dims, fsdp, compute_dtype)
         shapes = tuple(StageShape(len(stage.layer_ids), stage.is_first, stage.is_last) for _, stage in stages)
@@ -289,7 +291,7 @@ def simulate_launch(
     microbatch_rows: int = 1,
     fsdp: FSDPConfig | None = None,
     activation_checkpointing: bool = True,
-    mask: str = "dense",
+    mask: str = "block",
     states: list[RankState] | None = None,
 ) -> list[RankMemory]:
     """Bytes per GPU of every pipeline rank (TP, CP and DP ranks of one pipeline rank hold the same bytes).

@@ -201,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--attention-mask",
         choices=MASK_KINDS,
-        default="dense",
-        help="mask --dry-run counts: the engine's dense [rows, 1, s/cp, s] mask, or a flex block mask",
+        default="block",
+        help="mask --dry-run counts: the engine's flex block mask, or a dense [rows, 1, s/cp, s] one",
     )
     args = parser.parse_args(argv)
     recipe = recipe_from_args(args)

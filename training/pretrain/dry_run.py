@@ -35,7 +35,7 @@ def stage_names(recipe: PretrainRecipe) -> list[str]:
 
 
 def dry_run(
-    recipe: PretrainRecipe, microbatch_rows: int = 1, mask: str = "dense"
+    recipe: PretrainRecipe, microbatch_rows: int = 1, mask: str = "block"
 ) -> list[tuple[str, int, RankMemory]]:
     """The worst rank of every stage shape of ``recipe``: ``(stage name, seq_len, RankMemory)``."""
     model_config = recipe.model_config()
@@ -63,7 +63,7 @@ def dry_run(
     return rows
 
 
-def print_dry_run(recipe: PretrainRecipe, hbm_bytes: int, microbatch_rows: int = 1, mask: str = "dense") -> int:
+def print_dry_run(recipe: PretrainRecipe, hbm_bytes: int, microbatch_rows: int = 1, mask: str = "block") -> int:
     """Print the table; raise ``CLIError`` (exit 2) naming the first stage that does not fit in ``hbm_bytes``."""
     rows = dry_run(recipe, microbatch_rows, mask)
     print(
