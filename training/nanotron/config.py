@@ -120,7 +120,8 @@ def nanotron_config(
             "with zero_stage 1, using more memory per GPU than FSDP."
         )
     dp = dims.dp_replicate * dims.dp_shard
-    micro_batch = recipe.batch_size // dp // dims.pp_microbatches
+    accumulation = dims.num_microbatches(recipe.batch_size)
+    micro_batch = recipe.batch_size // dp // accumulation
     scheduler = dict(
         learning_rate=optimizer.lr,
         lr_warmup_steps=optimizer.warmup_steps,
@@ -178,7 +179,7 @@ def nanotron_config(
             "sequence_length": recipe.seq_len,
             "train_steps": recipe.steps,
             "micro_batch_size": micro_batch,
-            "batch_accumulation_per_replica": dims.pp_microbatches,
+            "batch_accumulation_per_replica": accumulation,
             "val_check_interval": -1,
             "limit_val_batches": 0,
             "limit_test_batches": 0,
