@@ -150,6 +150,6 @@ def main(argv: list[str]) -> int:
     config = load_stage_config(Llama3SFTConfig, args)
     # Checked before run_stage creates output_dir: a bad model path or data file leaves nothing behind.
     check_model_path(config.model_name_or_path)
-    tokenizer = load_stage_tokenizer(config)
     data = load_sft_dataset(config)
+    tokenizer = load_stage_tokenizer(config)
     return run_stage("sft", config, lambda: train(config, tokenizer, data))

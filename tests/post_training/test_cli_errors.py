@@ -1,6 +1,6 @@
 """Bad inputs to the post-training stages through ``hf-llama3 <stage>``: one line naming the file, row and field,
 exit status 2, and no output folder (empty file, malformed JSON line, missing checkpoint, unknown role, a file in
-another stage's format, a line that is not an object)."""
+another stage's format)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def _jsonl(path: Path, rows: list) -> Path:
 
 # stage, file content (rows; a str is written as-is), what the one line must say ({data} is the file's path)
 CASES = {
-    "empty_file": ("dpo", [], "{data}: the file is empty"),
+    "empty_file": ("reward", [], "{data}: the file is empty"),
     "malformed_json_line": (
-        "sft",
+        "dpo",
         [DIALOG, '{"messages": [{"role": "user", "content": "Hi"}'],
         "{data}: line 2: malformed JSON",
     ),
@@ -45,8 +45,6 @@ CASES = {
     ),
     "sft_rows_to_dpo": ("dpo", [DIALOG], "{data}: columns ['messages'] are not preference rows (these are SFT rows"),
     "preference_rows_to_sft": ("sft", [PREFERENCE], "(these are preference rows: give them to `hf-llama3 dpo`"),
-    "sft_rows_to_reward": ("reward", [DIALOG], "{data}: columns ['messages'] are not preference rows"),
-    "row_not_an_object": ("reward", [PREFERENCE, "[1, 2]"], "{data}: line 2: a row must be a JSON object, got list"),
 }
 
 
