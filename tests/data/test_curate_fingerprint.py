@@ -3,7 +3,6 @@ refused instead of keeping stale shards, and a run where no document survives st
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -99,18 +98,22 @@ def test_nothing_surviving_names_the_step_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out" / "shards").exists()
 
 
-def test_dedup_stage_on_no_documents_does_not_crash(tmp_path):
-    """Stage 2 on an empty stage-1 output writes its statistics (the line dedup step used to raise KeyError)."""
+def test_dedup_stages_on_no_documents_do_not_crash(tmp_path):
+    """The dedup stages on an empty stage-1 output write their statistics (the line dedup step used to raise
+    KeyError); the survival check then names the stage."""
     from data.config import load_config
-    from data.pipeline import run_stage2
+    from data.executors import make_executor
+    from data.pipeline import curate_stages
+    from data.report import stage_steps, stage_written
+    from data.stage_io import write_jsonl_gz
     from data.survival import NothingSurvived, check_survivors
 
-    config = load_config(RECIPE, [f"output_dir={tmp_path}/o", f"reader.paths=[{SAMPLE}]"])
-    (tmp_path / "filtered").mkdir()
-    with gzip.open(tmp_path / "filtered" / "00000.jsonl.gz", "wb"):
-        pass
-    run_stage2(config, tmp_path / "filtered", 1, tmp_path / "deduped")
-    stats = json.loads((tmp_path / "deduped" / "stats.json").read_text())
-    assert stats["kept"] == 0
+    write_jsonl_gz(tmp_path / "filtered" / "00000.jsonl.gz", [])
+    config = load_config(RECIPE, [f"output_dir={tmp_path}", f"reader.paths=[{tmp_path / 'filtered'}]", "tasks=2"])
+    for stage in curate_stages(config)[1:]:
+        make_executor(config, stage).run()
+        if stage.name == "dedup":
+            break
+    assert stage_written(tmp_path, "dedup") == 0
     with pytest.raises(NothingSurvived, match="stage 'dedup': no document reached this stage"):
-        check_survivors("dedup", stats["kept"], [stats["steps"]], "stats.json")
+        check_survivors("dedup", 0, [stage_steps(tmp_path, "dedup")], "logs/dedup")

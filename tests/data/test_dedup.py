@@ -1,9 +1,8 @@
-"""Dedup: URL (newest crawl wins), MinHash recall against the LSH S-curve and against datatrove's own
-4-stage MinHash, CCNet line dedup (lines at <= N repeats survive)."""
+"""Dedup: URL (newest crawl wins), MinHash recall against the LSH S-curve, the sharded clustering keeping the first
+document of a cluster (where datatrove's union by size does not), CCNet line dedup (lines at <= N repeats survive)."""
 
-import gzip
-import json
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from data.dedup_line import LineDedupConfig, LineDeduplicator, normalize_line
 from data.dedup_minhash import (
     MinHashConfig,
     MinHashDeduplicator,
-    datatrove_minhash_stages,
     duplicate_flags,
     shingles,
     signatures,
@@ -103,36 +101,29 @@ def test_minhash_step_drops_copies_and_respects_languages():
         MinHashConfig(bands=0)
 
 
-def test_datatrove_sharded_minhash_agrees_on_clear_cases(tmp_path):
+def test_sharded_clustering_keeps_the_first_document_of_each_cluster(tmp_path):
+    """Pairs B-C (band 0) then A-C (band 1), A first in input order: ours keeps A like the in-memory step; datatrove's
+    union by size keeps B, so its kept document would depend on the order pairs arrive in."""
     from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupCluster
 
-    rng = random.Random(1)
-    texts, ids = [], []
-    for i in range(20):
-        words = rng.choices(VOCAB, k=150)
-        texts.append(" ".join(words)), ids.append(f"d{i}")
-        if i % 4 == 0:  # a near-copy (Jaccard ~0.95) right after
-            words[rng.randrange(150)] = "zebra"
-            texts.append(" ".join(words)), ids.append(f"d{i}-copy")
-    (tmp_path / "in").mkdir()
-    with open(tmp_path / "in" / "docs.jsonl", "w") as f:
-        for id_, text in zip(ids, texts):
-            f.write(json.dumps({"id": id_, "text": text}) + "\n")
-    config = MinHashConfig(per_language=False)
-    stages = datatrove_minhash_stages(config, str(tmp_path / "in"), str(tmp_path / "work"), str(tmp_path / "out"))
-    previous = None
-    for i, (pipeline, tasks) in enumerate(stages):
-        executor = LocalPipelineExecutor(
-            pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(tmp_path / f"logs{i}"), depends=previous
-        )
-        executor.run()
-        previous = executor
-    theirs = []
-    for path in (tmp_path / "out").glob("*"):
-        with gzip.open(path, "rt") as f:
-            theirs += [json.loads(line)["id"] for line in f]
-    ours = [d.id for d in MinHashDeduplicator(config).run([doc(t, i) for t, i in zip(texts, ids)])]
-    assert sorted(theirs) == sorted(ours) == sorted(i for i in ids if not i.endswith("copy"))
+    from data.dedup_minhash import FirstOfClusterWriter, datatrove_config
+
+    a, b, c = (0, 1), (0, 5), (1, 2)  # (signature task, position)
+    (tmp_path / "dups").mkdir()
+    for band, pair in enumerate([(b, c), (a, c)]):
+        (tmp_path / "dups" / f"{band:05d}_00.dups").write_bytes(struct.pack("<4I", *pair[0], *pair[1]))
+    config = MinHashConfig(bands=2)
+    ours = FirstOfClusterWriter(str(tmp_path / "dups"), str(tmp_path / "ours"))
+    theirs = MinhashDedupCluster(str(tmp_path / "dups"), str(tmp_path / "theirs"), config=datatrove_config(config))
+    for name, step in (("ours", ours), ("theirs", theirs)):
+        LocalPipelineExecutor([step], tasks=1, workers=1, logging_dir=str(tmp_path / f"logs_{name}")).run()
+
+    def removed(folder):
+        return sorted((int(p.stem), d) for p in (tmp_path / folder).glob("*.remove") for d in np.fromfile(p, "<u4"))
+
+    assert removed("ours") == [b, c]
+    assert removed("theirs") == [a, c]
 
 
 def test_line_dedup_keeps_lines_at_or_below_n_repeats():
