@@ -1,23 +1,29 @@
-"""Rejection-sampling throughput [paper 4.2.2]: shared prompt KV cache vs plain ``generate(num_return_sequences=K)``.
+"""Rejection-sampling throughput [paper 4.2.2]: our default engine vs plain ``generate(num_return_sequences=K)``.
 
-Both sides get the same model, the same chat prompts (real Llama 3 tokenizer, Llama 3.1 dialog format), the same
-length-sorted batches, K, sampling settings, stop tokens and max_new_tokens. Ours prefills each prompt once and
-repeats its cache to the K samples, and drops samples from the batch when they stop; the anchor is transformers'
-``generate``, which prefills K copies of each prompt. Prints one JSON line (samples per second, ratio ours/anchor).
+Every side gets the same model, the same chat prompts (real Llama 3 tokenizer, Llama 3.1 dialog format), K,
+sampling settings, stop tokens and max_new_tokens. "ours" is the default backend of rejection sampling on this
+device (``training.generation``: the prefix-sharing sampler on CPU, transformers' continuous batching on CUDA);
+the anchor is transformers' ``generate`` on the same length-sorted batches, which prefills K copies of each prompt.
+Also measured: continuous batching when it is not the default, and vLLM when a GPU and vLLM are present. Sides
+alternate within one process; the best of ``--repeats`` is kept. Prints one JSON line (samples per second).
 
-    .venv/bin/python benchmarks/rejection_sampling.py [--preset small --num-prompts 8 --samples 10 ...]
+    .venv/bin/python benchmarks/rejection_sampling.py [--preset small --num-prompts 8 --samples 10 --device auto ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import tempfile
 import time
 
 import torch
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM, encode_dialog, load_tokenizer, stop_token_ids
-from training.rejection_sampling import length_batches, sample_responses
+from training.generation.engine import DEVICES, make_engine, resolve_backend, resolve_device
+from training.generation.prefix_sharing import length_batches
+from training.rejection_sampling import sample_responses
 
 PARAGRAPH = (
     "The reward model scores every sample, the best one becomes supervised fine-tuning data, and the worst one "
@@ -46,7 +52,7 @@ def plain_generate(model, prompts, batches, num_samples, max_new_tokens, tempera
     drawn = 0
     for batch in batches:
         width = max(len(prompts[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long, device=model.device)
         mask = torch.zeros_like(ids)
         for row, i in enumerate(batch):
             ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
@@ -67,6 +73,20 @@ def plain_generate(model, prompts, batches, num_samples, max_new_tokens, tempera
     return drawn
 
 
+def engines_to_measure(model, device: torch.device, max_batch_tokens: int, workdir: str) -> dict:
+    """The default backend first, continuous batching when it is not the default, vLLM with a GPU and vLLM."""
+    default = resolve_backend("auto", device)
+    names = [default] + (["continuous_batching"] if default != "continuous_batching" else [])
+    if device.type == "cuda" and importlib.util.find_spec("vllm") is not None:
+        model.save_pretrained(workdir)
+        names.append("vllm")
+    vllm = {"gpu_memory_utilization": 0.4}  # the HF model stays on the same GPU for the other sides
+    return {
+        name: make_engine(name, model, device=device, max_batch_tokens=max_batch_tokens, model_path=workdir, vllm=vllm)
+        for name in names
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
@@ -77,6 +97,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     # Sampling over the 128256-token vocabulary costs both sides the same; with random weights the next-token
     # distribution is near uniform, so top-p would sort almost the whole vocabulary every step on both sides.
     # Plain temperature sampling (top_p 1) keeps the comparison on what differs: the prompt prefill.
@@ -85,48 +106,56 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
+    device = resolve_device(args.device)
     tokenizer = load_tokenizer()
-    model = Llama3ForCausalLM(Llama3Config.from_preset(args.preset)).eval()
+    model = Llama3ForCausalLM(Llama3Config.from_preset(args.preset)).to(device).eval()
     prompts = make_prompts(tokenizer, args.num_prompts, args.min_prompt_tokens, args.max_prompt_tokens)
     stops, pad_id = stop_token_ids(tokenizer), tokenizer.pad_token_id
     batches = length_batches([len(p) for p in prompts], args.samples, args.max_new_tokens, args.max_batch_tokens)
     settings = dict(temperature=args.temperature, top_p=args.top_p)
 
-    ours_times, anchor_times = [], []
-    for repeat in range(args.repeats):  # interleaved, so both sides see the same machine state
-        start = time.perf_counter()
-        samples = sample_responses(
-            model,
-            prompts,
-            args.samples,
-            args.max_new_tokens,
-            seed=repeat,
-            stop_ids=stops,
-            max_batch_tokens=args.max_batch_tokens,
-            pad_id=pad_id,
-            **settings,
-        )
-        ours_times.append(time.perf_counter() - start)
-        ours_count = sum(len(s) for s in samples)
-        start = time.perf_counter()
-        anchor_count = plain_generate(
-            model, prompts, batches, args.samples, args.max_new_tokens, stops=stops, pad_id=pad_id, **settings
-        )
-        anchor_times.append(time.perf_counter() - start)
-    assert ours_count == anchor_count == args.num_prompts * args.samples
-    ours = ours_count / min(ours_times)
-    anchor = anchor_count / min(anchor_times)
+    with tempfile.TemporaryDirectory() as workdir:
+        engines = engines_to_measure(model, device, args.max_batch_tokens, workdir)
+        times: dict[str, list[float]] = {name: [] for name in [*engines, "generate"]}
+        for repeat in range(args.repeats):  # interleaved, so every side sees the same machine state
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                samples = sample_responses(
+                    None,
+                    prompts,
+                    args.samples,
+                    args.max_new_tokens,
+                    seed=repeat,
+                    stop_ids=stops,
+                    pad_id=pad_id,
+                    engine=engine,
+                    **settings,
+                )
+                times[name].append(time.perf_counter() - start)
+                assert sum(len(s) for s in samples) == args.num_prompts * args.samples, name
+            start = time.perf_counter()
+            anchor_count = plain_generate(
+                model, prompts, batches, args.samples, args.max_new_tokens, stops=stops, pad_id=pad_id, **settings
+            )
+            times["generate"].append(time.perf_counter() - start)
+    assert anchor_count == args.num_prompts * args.samples
+    rates = {name: round(args.num_prompts * args.samples / min(t), 3) for name, t in times.items()}
+    default = next(iter(engines))
+    ours, anchor = rates[default], rates["generate"]
     print(
         json.dumps(
             {
                 "benchmark": "rejection_sampling",
                 "metric": "samples_per_second",
-                "ours": round(ours, 3),
-                "anchor": round(anchor, 3),
+                "ours": ours,
+                "anchor": anchor,
                 "ratio": round(ours / anchor, 3),
-                "goal": ">= 2.0",
+                "goal": ">= 3.0",
+                "default_backend": default,
+                "samples_per_second": rates,
                 "setup": {
                     "preset": args.preset,
+                    "device": str(device),
                     "prompts": args.num_prompts,
                     "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))],
                     "K": args.samples,

@@ -3,7 +3,8 @@
 TRL's convention for generation (``use_vllm``, ``vllm_mode`` = ``colocate`` | ``server``,
 ``vllm_server_base_url``, ``vllm_tensor_parallel_size``, ``vllm_gpu_memory_utilization``). vLLM is imported only
 when this backend is chosen; it is not in the lock (CUDA only), so without it the choice fails in one line.
-Colocated, each prompt's request carries its own seed (:meth:`SamplingSettings.prompt_seed`), so samples do not
+Colocated, a policy folder in our format (``model_type="llama3"``, unknown to vLLM) is first converted to
+transformers' stock Llama format (``hf_llama3.convert``, same weights) in a temporary folder; each prompt's request carries its own seed (:meth:`SamplingSettings.prompt_seed`), so samples do not
 depend on the sharding; the server takes one seed per call. Server mode: start the server on the policy first,
 ``trl vllm-serve --model <policy_path> --tensor-parallel-size N``.
 """
@@ -11,6 +12,7 @@ depend on the sharding; the server takes one seed per call. Server mode: start t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from training.generation.engine import VLLM_MODES, SamplingSettings
 
@@ -46,11 +48,26 @@ class VLLMEngine:
             if not model_path:
                 raise ValueError("vllm_mode: colocate needs the policy folder (policy_path).")
             self.llm = vllm.LLM(
-                model=model_path,
+                model=self._stock_llama(model_path),
                 tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization,
                 enable_prefix_caching=True,  # the K samples and the system prompts share prefix blocks [4.2.2]
             )
+
+    def _stock_llama(self, model_path: str) -> str:
+        """``model_path``, or a stock-Llama copy of it when it is in our ``llama3`` format (kept for the run)."""
+        import tempfile
+
+        from hf_llama3.checkpoint_io import read_config_dict
+        from hf_llama3.convert import convert_checkpoint
+
+        if (
+            not (Path(model_path) / "config.json").is_file()
+            or read_config_dict(model_path).get("model_type") != "llama3"
+        ):
+            return model_path
+        self._converted = tempfile.TemporaryDirectory(prefix="vllm-policy-")
+        return str(convert_checkpoint(model_path, Path(self._converted.name) / "llama", to="llama"))
 
     def generate(
         self, prompts: Sequence[Sequence[int]], prompt_indices: Sequence[int], settings: SamplingSettings
