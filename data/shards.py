@@ -1,6 +1,9 @@
 """Tokenize, mix, shuffle and pack documents into training shards, plus the reader that feeds training.
 
-Layout of a shard folder (every file written to a temporary name and renamed, the manifest last):
+Layout of a shard folder (every file written to a temporary name and renamed, the manifest last). ``hf-llama3
+curate`` packs per task (:class:`TokenWriter`, :class:`ShardPacker`, :class:`ManifestWriter`): every task takes its
+share of each category's target (the mix is planned over every task's tokens) and writes
+``shard_<task>_<n>``; :func:`write_shards` does the same in one process and writes ``shard_<n>``.
 
 - ``shard_00000.tokens.npy``: uint32 ``[sequences, seq_len]`` token ids (the vocabulary is 128256).
 - ``shard_00000.segments.npy``: int64 ``[segments, 4]`` rows ``(sequence, start, length, category)``:
@@ -9,7 +12,7 @@ Layout of a shard folder (every file written to a temporary name and renamed, th
   check the mix.
 - ``manifest.json``: sequence length, tokenizer, EOS id, categories, token counts per category, the
   shards with their sequence counts and SHA-256.
-- optionally ``datatrove/000_tokens.ds`` + ``.ds.index``: the same token stream in datatrove's tokenized
+- optionally ``datatrove/<part>_tokens.ds`` + ``.ds.index`` (one per packing task): the same token stream in datatrove's tokenized
   format (uint32 tokens, uint64 document ends), which datatrove's ``DatatroveFolderDataset`` and
   Nanotron's datatrove data loader read.
 
