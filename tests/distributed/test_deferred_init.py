@@ -16,17 +16,23 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed.tensor import DTensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_llama3 import Llama3ForCausalLM
 from tests.distributed.harness import OPTIMIZER, make_batch, reference_run, tiny_config
-from training.parallel.deferred_init import local_bytes
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
 from training.parallel.spawn import run_local
 
 BATCH, SEQ = 2, 16
 LAYOUTS = {4: ("TP2xFSDP2", dict(tp=2, dp_shard=2)), 2: ("PP2", dict(pp=2, pp_microbatches=2))}
+
+
+def local_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers this rank holds for ``module`` (its shards; meta tensors count 0)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()] if not t.is_meta}.values()
+    return sum(t.to_local().nbytes if isinstance(t, DTensor) else t.nbytes for t in tensors)
 
 
 def _stock_folder(folder: Path, **overrides) -> Path:

@@ -105,9 +105,3 @@ def materialize(
     for module in modules:
         module.to_empty(device=device)
         init_weights_by_name(module, init_fn, seed, device=device, parameters=parameters)
-
-
-def local_bytes(module: nn.Module) -> int:
-    """Bytes of parameters and buffers this rank holds for ``module`` (its shards only; meta tensors count 0)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(_local(t).numel() * t.element_size() for t in {id(t): t for t in tensors}.values() if not t.is_meta)
