@@ -20,11 +20,14 @@ from torch.distributed.tensor import DTensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_llama3 import Llama3ForCausalLM
+from hf_llama3.recipe_loader import load_recipe
 from tests.distributed.harness import OPTIMIZER, make_batch, reference_run, tiny_config
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
 from training.parallel.spawn import run_local
+from training.pretrain.config import PretrainRecipe
 
+REPO = Path(__file__).resolve().parents[2]
 BATCH, SEQ = 2, 16
 LAYOUTS = {4: ("TP2xFSDP2", dict(tp=2, dp_shard=2)), 2: ("PP2", dict(pp=2, pp_microbatches=2))}
 
@@ -174,3 +177,10 @@ def test_meta_init_has_the_eager_init_statistics() -> None:
 def test_init_from_must_be_a_safetensors_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"init_from=.*not a Hugging Face folder with \*\.safetensors"):
         EngineConfig(init_from=str(tmp_path))
+
+
+def test_init_from_is_a_recipe_setting() -> None:
+    """Continued pre-training is one recipe key: ``--set init_from=<folder>`` reaches the engine."""
+    folder = str(_folders()[0])
+    recipe = load_recipe(PretrainRecipe, REPO / "recipes/tiny/pretrain.yaml", [f"init_from={folder}"])
+    assert recipe.engine_config().init_from == folder
