@@ -67,11 +67,13 @@ def keyword_spam() -> str:
 
 
 def link_farm() -> str:
-    items = "".join(
-        f"<li><a href='/{c}'>Best plumber in {c}</a> | <a href='/{c}/24h'>24 hour emergency plumber {c} near me</a></li>"
+    # A doorway page: the same sentences for every city, each a link to the next doorway page.
+    paras = "".join(
+        f"<p>Looking for a <a href='/{c}'>plumber in {c}</a>? Our <a href='/{c}/24h'>{c} plumbers</a> offer 24 hour "
+        f"emergency plumbing in {c}. Call the <a href='/{c}/best'>best plumber in {c}</a> today.</p>"
         for c in CITIES
     )
-    return page("Plumbers near me", f"<p>Find the best plumber near you.</p><ul>{items}</ul>")
+    return page("Plumbers near me", f"<p>Find the best plumber near you.</p>{paras}")
 
 
 def repeated_lines() -> str:
@@ -79,12 +81,12 @@ def repeated_lines() -> str:
     return page("Free gift card", line * 30 + "<p>Terms apply to every offer on this page.</p>")
 
 
-PLANTED = {
-    "log dump in <pre>": log_dump(in_pre=True),
-    "log dump as paragraphs": log_dump(in_pre=False),
-    "keyword spam": keyword_spam(),
-    "boilerplate link farm": link_farm(),
-    "repeated-line page": repeated_lines(),
+PLANTED = {  # name: (page, the family that must drop it)
+    "log dump in <pre>": (log_dump(in_pre=True), "llama3"),  # code blocks are judged for repeated content
+    "log dump as paragraphs": (log_dump(in_pre=False), "gopher_repetition"),
+    "keyword spam": (keyword_spam(), "gopher_repetition"),
+    "boilerplate link farm": (link_farm(), "gopher_repetition"),
+    "repeated-line page": (repeated_lines(), "gopher_repetition"),
 }
 
 
@@ -93,16 +95,16 @@ def steps():
     return [HtmlExtractor(), DomainTagger(), LanguageFilter(LangIdConfig(min_score=0.4))], HeuristicFilter()
 
 
-def judge(html: str, doc_id: str) -> tuple[str | None, str]:
-    """(None when kept, else the heuristics' drop reason or ``pre:<reason>`` from an earlier step; domain)."""
+def judge(html: str, doc_id: str) -> tuple[str | None, Document]:
+    """(None when kept, else the heuristics' drop reason or ``pre:<reason>`` from an earlier step; the document)."""
     before, heuristics = steps()
     doc = Document(text=html, id=doc_id, metadata={"format": "html"})
     for step in before:
         result = step.filter(doc)
         if result is not True:
-            return f"pre:{result[1]}", doc.metadata.get("domain", "")
+            return f"pre:{result[1]}", doc
     result = heuristics.filter(doc)
-    return (None if result is True else result[1]), doc.metadata["domain"]
+    return (None if result is True else result[1]), doc
 
 
 def test_documentation_pages_with_code_and_math_survive():
@@ -115,12 +117,22 @@ def test_documentation_pages_with_code_and_math_survive():
     print(f"kept {len(judged) - len(lost)}/{len(judged)}; lost: {collections.Counter(lost.values())}; {lost}")
     assert len(judged) >= 0.9 * len(rows)  # extraction and language ID keep these pages
     assert len(lost) <= MAX_LOST * len(judged), lost
-    kept = [(project, domain) for project, reason, domain in judged.values() if reason is None]
+    kept = [(project, doc.metadata["domain"]) for project, reason, doc in judged.values() if reason is None]
     assert {"nodejs", "npm", "rust-book", "pytorch"} <= {project for project, _ in kept}
     assert {"code", "math"} <= {domain for _, domain in kept}  # code and math pages, not only prose with snippets
+    # The domain-specific treatment is what keeps them: judged as all prose (no code blocks, no code or
+    # math domain), far more of the same pages go.
+    _, heuristics = steps()
+    as_prose = [
+        Document(text=doc.text, id=doc.id, metadata={"lang": doc.metadata["lang"]}) for _, _, doc in judged.values()
+    ]
+    lost_as_prose = sum(heuristics.filter(doc) is not True for doc in as_prose)
+    print(f"judged as all prose: lost {lost_as_prose}/{len(as_prose)}")
+    assert lost_as_prose >= len(lost) + 0.15 * len(judged)
 
 
 @pytest.mark.parametrize("name", sorted(PLANTED))
 def test_planted_bad_pages_are_dropped(name):
-    reason, _ = judge(PLANTED[name], name)
-    assert reason is not None and not reason.startswith("pre:"), reason
+    html, family = PLANTED[name]
+    reason, _ = judge(html, name)
+    assert reason is not None and reason.startswith(f"{family}:"), reason
