@@ -9,13 +9,30 @@ family's name (``gopher_repetition:dup_line_ratio``) so the report says which fa
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from data.heuristics.view import PageView
+from hf_llama3.recipe_loader import bounds
 
 DOMAINS = ("general", "code", "math")
+Domain = Literal["general", "code", "math"]
+
+
+def ratio(default: float, help: str = "a share in [0, 1]") -> Any:
+    """A threshold field on a share: the recipe loader checks [0, 1] and names the key when it is not."""
+    return field(default=default, metadata=bounds(help, min=0.0, max=1.0))
+
+
+def check_ratios(config: object) -> None:
+    """The [0, 1] check for configs built in code (the recipe loader checks recipes before this runs)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if "ratio" in f.name and is_number and not 0.0 <= value <= 1.0:
+            raise ValueError(f"heuristics {type(config).__name__}.{f.name} must be in [0, 1], got {value}.")
 
 
 @dataclass
@@ -32,18 +49,15 @@ class FamilyConfig:
     """
 
     enabled: bool = True
-    domains: list[str] = field(default_factory=lambda: list(DOMAINS))
+    domains: list[Domain] = field(default_factory=lambda: list(DOMAINS))
     languages: list[str] | None = None
-    code_page_min_lines_ratio: float = 0.05
+    code_page_min_lines_ratio: float = ratio(0.05)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.domains) - set(DOMAINS))
         if unknown:
             raise ValueError(f"heuristics domains {unknown} unknown: use any of {list(DOMAINS)}.")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_ratio") and isinstance(value, float) and not 0.0 <= value <= 1.0:
-                raise ValueError(f"heuristics {type(self).__name__}.{f.name} must be in [0, 1], got {value}.")
+        check_ratios(self)
 
     def is_code_page(self, view: PageView) -> bool:
         """Whether ``view`` is a code page (see ``code_page_min_lines_ratio``)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data.heuristics.family import FamilyConfig, RuleFamily
+from data.heuristics.family import Domain, FamilyConfig, RuleFamily, ratio
 from data.heuristics.gopher import duplicates
 from data.heuristics.view import PageView
 
@@ -27,14 +27,14 @@ class FineWebConfig(FamilyConfig):
 
     # Math pages are left out too: with their formulas set aside, the lines around display math are short
     # and end without punctuation (three of the sample's sympy pages would go).
-    domains: list[str] = field(default_factory=lambda: ["general"])
-    min_punct_lines_ratio: float | None = 0.12
-    max_short_lines_ratio: float | None = 0.67
+    domains: list[Domain] = field(default_factory=lambda: ["general"])
+    min_punct_lines_ratio: float | None = ratio(0.12)
+    max_short_lines_ratio: float | None = ratio(0.67)
     short_line_chars: int = 30
-    max_dup_line_char_ratio: float | None = 0.1
+    max_dup_line_char_ratio: float | None = ratio(0.1)
     # Code pages: Gopher repetition's code-page limit (data/heuristics/gopher.py says where it comes from).
-    code_page_max_dup_line_char_ratio: float | None = 0.4
-    max_newline_word_ratio: float | None = 0.3
+    code_page_max_dup_line_char_ratio: float | None = ratio(0.4)
+    max_newline_word_ratio: float | None = ratio(0.3)
 
 
 class FineWebRules(RuleFamily):

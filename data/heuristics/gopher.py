@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from data.heuristics.family import FamilyConfig, RuleFamily
+from data.heuristics.family import Domain, FamilyConfig, RuleFamily, check_ratios, ratio
 from data.heuristics.view import PageView
 
 _BULLETS = ("•", "-", "*", "·", "‣", "◦", "▪")
@@ -68,10 +68,10 @@ def duplicates(items: list[str]) -> tuple[int, int]:
 class RepetitionLimits:
     """One set of repetition thresholds; ``None`` disables a rule."""
 
-    max_dup_line_ratio: float | None = 0.3
-    max_dup_para_ratio: float | None = 0.3
-    max_dup_line_char_ratio: float | None = 0.2
-    max_dup_para_char_ratio: float | None = 0.2
+    max_dup_line_ratio: float | None = ratio(0.3)
+    max_dup_para_ratio: float | None = ratio(0.3)
+    max_dup_line_char_ratio: float | None = ratio(0.2)
+    max_dup_para_char_ratio: float | None = ratio(0.2)
     top_ngram_max_ratio: dict[int, float] = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
     dup_ngram_max_ratio: dict[int, float] = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
@@ -80,9 +80,10 @@ class RepetitionLimits:
     def __post_init__(self) -> None:
         self.top_ngram_max_ratio = {int(k): float(v) for k, v in self.top_ngram_max_ratio.items()}
         self.dup_ngram_max_ratio = {int(k): float(v) for k, v in self.dup_ngram_max_ratio.items()}
-        for name, value in [*vars(self).items(), *self.top_ngram_max_ratio.items(), *self.dup_ngram_max_ratio.items()]:
-            if isinstance(value, float) and not 0.0 <= value <= 1.0:
-                raise ValueError(f"heuristics.gopher_repetition limit {name} must be in [0, 1], got {value}.")
+        check_ratios(self)
+        for n, value in [*self.top_ngram_max_ratio.items(), *self.dup_ngram_max_ratio.items()]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"heuristics.gopher_repetition {n}-gram limit must be in [0, 1], got {value}.")
 
 
 def _code_page_limits() -> RepetitionLimits:
@@ -158,15 +159,15 @@ class GopherQualityConfig(FamilyConfig):
         stop_words: Gopher's stop words; the rule runs on ``stop_word_languages`` only (they are English).
     """
 
-    domains: list[str] = field(default_factory=lambda: ["general", "math"])
+    domains: list[Domain] = field(default_factory=lambda: ["general", "math"])
     min_words: int | None = 50
     max_words: int | None = 100_000
     min_mean_word_length: float | None = 3.0
     max_mean_word_length: float | None = 10.0
-    max_symbol_word_ratio: float | None = 0.1
-    max_bullet_lines_ratio: float | None = 0.9
-    max_ellipsis_lines_ratio: float | None = 0.3
-    min_alpha_words_ratio: float | None = 0.8
+    max_symbol_word_ratio: float | None = ratio(0.1)
+    max_bullet_lines_ratio: float | None = ratio(0.9)
+    max_ellipsis_lines_ratio: float | None = ratio(0.3)
+    min_alpha_words_ratio: float | None = ratio(0.8)
     min_stop_words: int | None = 2
     stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
     stop_word_languages: list[str] = field(default_factory=lambda: ["en"])

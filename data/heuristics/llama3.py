@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from data.heuristics.family import FamilyConfig, RuleFamily
+from data.heuristics.family import FamilyConfig, RuleFamily, ratio
 from data.heuristics.view import WORD, PageView
 
 _DIGITS = re.compile(r"\d+")
@@ -100,10 +100,10 @@ class Llama3Config(FamilyConfig):
             wordfreq, for every language.
     """
 
-    max_repeated_line_char_ratio: float | None = 0.5
+    max_repeated_line_char_ratio: float | None = ratio(0.5)
     line_ngram: int = 3
     line_coverage: float = 0.6
-    max_dirty_word_ratio: float | None = 0.01
+    max_dirty_word_ratio: float | None = ratio(0.01)
     min_dirty_words: int = 3
     max_token_kl: float | None = 9.5
     kl_min_words: int = 50
