@@ -10,8 +10,9 @@ data"]. Here that is one view of the page that every family reads:
   ``\\[...\\]``) taken out of it, so symbol, word-length and repetition rules judge the words around the
   formulas and never the TeX; the document itself keeps its code and math untouched.
 
-Prose rules (Gopher, C4, FineWeb) read the prose; the code of a documentation page is judged only by the
-Llama 3 family's repeated-line rule, which is what catches a log dump pasted in a ``<pre>`` block.
+Prose rules (Gopher, C4, FineWeb, dirty words, token KL) read the prose; the code of a documentation page
+counts toward its length (Gopher) and is judged for repeated content by the Llama 3 family's line rule,
+which is what catches a log dump pasted in a ``<pre>`` block.
 """
 
 from __future__ import annotations

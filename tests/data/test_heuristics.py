@@ -94,7 +94,7 @@ CASES = {
     "fineweb:short_lines_ratio": PROSE + "\n" + "\n".join(f"{varied(2, i, max_len=9)}." for i in range(30)),
     "fineweb:dup_line_char_ratio": "\n".join([PROSE, PROSE[:120], PROSE[:120], varied(12, 5) + "."]),
     "fineweb:newline_word_ratio": "\n".join(f"{varied(3, i, min_len=9, max_len=10)}." for i in range(40)),
-    "llama3:repeated_lines": PROSE + "\n" + _log(30),  # with the other repetition rules off below
+    "llama3:repeated_lines": PROSE + "\n" + _log(60),  # with the other repetition rules off below
     "llama3:dirty_words": PROSE + " Hot fuck videos, free porn, sluts, fuck fuck and more porn here.",
     "llama3:token_kl": PROSE[:250] + " " + _outliers(150) + ".",
 }
@@ -134,7 +134,7 @@ def test_kept_documents(text, lang, domain):
 def test_code_is_judged_by_repetition_only():
     assert check_document(CODE, CONFIG, domain="general") is not None  # prose rules would drop it
     assert check_document(CODE, CONFIG, domain="code") is None
-    assert check_document(CODE * 3, CONFIG, domain="code") == "llama3:repeated_lines"
+    assert check_document(CODE * 5, CONFIG, domain="code") == "llama3:repeated_lines"
 
 
 def test_code_blocks_of_a_documentation_page_are_not_prose():
@@ -147,8 +147,8 @@ def test_code_blocks_of_a_documentation_page_are_not_prose():
     page = "\n\n".join(parts)
     assert check_document(page, CONFIG, metadata={"code_lines": ranges}) is None
     assert check_document(page, CONFIG).startswith("gopher_repetition:")  # the same page judged as all prose
-    log_page = PROSE + "\n\n" + _log(40)
-    assert check_document(log_page, CONFIG, metadata={"code_lines": [[2, 42]]}) == "llama3:repeated_lines"
+    log_page = PROSE + "\n\n" + _log(60)
+    assert check_document(log_page, CONFIG, metadata={"code_lines": [[2, 62]]}) == "llama3:repeated_lines"
 
 
 def test_math_markup_is_not_counted_as_symbols_or_non_words():
