@@ -29,6 +29,9 @@ def make_executor(config: CurateConfig, stage, depends=None):
     if kind == "local":
         from datatrove.executor import LocalPipelineExecutor
 
+        # fork, not datatrove's forkserver: a forkserver worker re-imports the pipeline's modules (torch, transformers,
+        # fastText) at every stage, which costs more than most stages' work; the driver holds no model to share.
+        options.setdefault("start_method", "fork")
         return LocalPipelineExecutor(workers=min(stage.tasks, config.workers), **common, **options)
     if kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
