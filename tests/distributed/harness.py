@@ -60,11 +60,16 @@ def make_batch(step: int, vocab: int = 1024) -> dict[str, torch.Tensor]:
 
 
 def reference_run(
-    config: Llama3Config, steps: int = STEPS, seed: int = 0, grad_norms: list[float] | None = None
+    config: Llama3Config,
+    steps: int = STEPS,
+    seed: int = 0,
+    grad_norms: list[float] | None = None,
+    first_grads: dict[str, torch.Tensor] | None = None,
 ) -> tuple[list[float], dict]:
     """The single-process ground truth: the plain model's own forward and loss, AdamW, same LR schedule. Its
     weights are initialised by name, as the engine initialises its shards (``training.parallel.deferred_init``).
-    ``grad_norms`` (if given) receives each step's gradient norm before clipping."""
+    ``grad_norms`` (if given) receives each step's gradient norm before clipping, ``first_grads`` the gradients of
+    the first step by parameter name."""
     model = Llama3ForCausalLM(config)
     init_weights_by_name(model, model._init_weights, seed)
     model.train()
@@ -81,6 +86,8 @@ def reference_run(
         batch = make_batch(step, vocab=config.vocab_size)
         out = model(**batch)
         out.loss.backward()
+        if first_grads is not None and step == 0:
+            first_grads.update({name: p.grad.detach().clone() for name, p in model.named_parameters()})
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZER.max_grad_norm)
         if grad_norms is not None:
             grad_norms.append(float(norm))

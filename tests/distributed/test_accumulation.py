@@ -3,7 +3,7 @@
 Each layout trains the harness's 3 steps (packed, document-masked rows on steps 0 and 2; 8, 16 and 8 rows) as
 micro-batches of ``micro_batch_size`` rows per data-parallel rank, every rank passing only its own rows
 (``step(local=True)``), and must match the single-process run of the whole batch: loss and gradient norm of every
-step and the weights after the AdamW steps, to 1e-5. One fork per world size.
+step, every gradient of the first step, and the weights after the AdamW steps, to 1e-5. One fork per world size.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from tests.distributed.harness import OPTIMIZER, STEPS, make_batch, reference_run, tiny_config
 from training.parallel.dims import ParallelDims
@@ -38,9 +39,27 @@ LAYOUTS: dict[int, list[tuple[str, dict]]] = {
 }
 
 
+def _capture_first_gradients(trainer: ParallelTrainer, grads: dict[str, torch.Tensor]) -> None:
+    """Record the whole gradient of every parameter this rank holds at the first step, before clipping (the
+    engine clips after the last micro-batch's reduction)."""
+    clip = trainer.clip_grad_norm
+
+    def capture(max_norm: float) -> float:
+        if trainer.step_count == 0:
+            for _, stage in trainer.stages:
+                for name, param in stage.named_parameters():
+                    grad = param.grad.full_tensor() if isinstance(param.grad, DTensor) else param.grad
+                    grads[name] = grad.detach().clone()
+        return clip(max_norm)
+
+    trainer.clip_grad_norm = capture
+
+
 def _train(rank: int, world_size: int, layouts: list[tuple[str, dict]], out_dir: str) -> None:
     for name, dims in layouts:
         trainer = ParallelTrainer(tiny_config(), EngineConfig(parallel=ParallelDims(**dims), optimizer=OPTIMIZER))
+        grads: dict[str, torch.Tensor] = {}
+        _capture_first_gradients(trainer, grads)
         losses, norms = [], []
         for step in range(STEPS):
             batch = make_batch(step)
@@ -48,6 +67,7 @@ def _train(rank: int, world_size: int, layouts: list[tuple[str, dict]], out_dir:
             losses.append(trainer.step({key: value[rows] for key, value in batch.items()}, local=True))
             norms.append(trainer.last_grad_norm)
         state = trainer.full_state_dict()
+        torch.save(grads, Path(out_dir) / f"{name}.grads{rank}.pt")  # each pipeline rank holds its own layers
         if rank == 0:
             torch.save({"losses": losses, "norms": norms, "state": state}, Path(out_dir) / f"{name}.pt")
         del trainer
@@ -58,15 +78,22 @@ def _train(rank: int, world_size: int, layouts: list[tuple[str, dict]], out_dir:
 def _results(world_size: int) -> dict[str, dict]:
     out_dir = tempfile.mkdtemp(prefix=f"accumulation{world_size}_")
     run_local(world_size, _train, LAYOUTS[world_size], out_dir)
-    return {name: torch.load(Path(out_dir) / f"{name}.pt") for name, _ in LAYOUTS[world_size]}
+    results = {}
+    for name, _ in LAYOUTS[world_size]:
+        results[name] = torch.load(Path(out_dir) / f"{name}.pt")
+        results[name]["grads"] = {}
+        for rank in range(world_size):
+            results[name]["grads"].update(torch.load(Path(out_dir) / f"{name}.grads{rank}.pt"))
+    return results
 
 
 @functools.cache
 def _reference() -> dict:
     """One process, one forward of the whole batch per step (the model's own loss)."""
     norms: list[float] = []
-    losses, state = reference_run(tiny_config(), grad_norms=norms)
-    return {"losses": losses, "norms": norms, "state": state}
+    grads: dict[str, torch.Tensor] = {}
+    losses, state = reference_run(tiny_config(), grad_norms=norms, first_grads=grads)
+    return {"losses": losses, "norms": norms, "grads": grads, "state": state}
 
 
 @pytest.mark.timeout(600)
@@ -77,8 +104,12 @@ def test_micro_batches_equal_one_batch(world_size: int, name: str) -> None:
     ref, result = _reference(), _results(world_size)[name]
     for key in ("losses", "norms"):
         torch.testing.assert_close(torch.tensor(result[key]), torch.tensor(ref[key]), rtol=0, atol=1e-5, msg=key)
-    for key, expected in ref["state"].items():
-        torch.testing.assert_close(result["state"][key], expected, rtol=0, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+    assert set(result["grads"]) == set(ref["grads"])
+    for kind in ("grads", "state"):
+        for key, expected in ref[kind].items():
+            torch.testing.assert_close(
+                result[kind][key], expected, rtol=0, atol=1e-5, msg=lambda m, k=key, t=kind: f"{t} {k}: {m}"
+            )
     assert ref["losses"][-1] != ref["losses"][0]
 
 
