@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.pretrain.cli:main",
         "three-stage pre-training recipe: ramps, long context, annealing [3.4]",
     ),
+    "plan": ("training.parallel.plan_cli:main", "layouts of a model on N GPUs: memory, step time, MFU [3.3.2]"),
     "nanotron-config": ("training.nanotron.config:main", "write a Nanotron YAML config for a model + parallel layout"),
     "tokenizer": ("hf_llama3.tokenizer_train:main", "`tokenizer train`: BPE in Llama 3's layout on your corpus [3.2]"),
     # Evaluation [3.2.1, 3.4.2, 5] (evaluation/; the IsoFLOPs sweep trains, so it enters through training/).
