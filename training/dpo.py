@@ -69,6 +69,7 @@ class Llama3DPOConfig(DPOConfig, StageInputs, SafetyMixInputs, PreferenceHygiene
     mask_formatting_tokens: bool = True
 
     def __post_init__(self) -> None:
+        self.apply_sharding()  # before TrainingArguments reads fsdp/fsdp_config
         super().__post_init__()
         self.validate_inputs()
         self.validate_safety_mix()

@@ -116,6 +116,10 @@ class StageInputs:
             when ``bf16`` is on) or ``bfloat16`` (pure bf16: half the memory, but updates smaller than 1/512 of a
             weight are lost, so most weights never change at the paper's 1e-5; a warning says so).
         export_dtype: dtype of the exported model; ``None`` keeps the dtype of ``model_name_or_path``'s checkpoint.
+        sharding: ``fsdp2`` shards the weights, gradients and optimizer state of the trained model (and DPO's
+            reference) over the ranks of ``torchrun``/``accelerate launch`` through accelerate's FSDP2 plugin, one
+            unit per decoder layer; the export is gathered by ``Trainer.save_model``. ``none``: every rank holds
+            the whole model (DDP). Needs accelerators: accelerate ignores FSDP on CPU, so it is refused there.
     """
 
     model_name_or_path: str = ""
@@ -129,6 +133,7 @@ class StageInputs:
     lora_target_modules: list[str] | str = "all-linear"
     weights_dtype: Literal["float32", "bfloat16"] = "float32"
     export_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    sharding: Literal["none", "fsdp2"] = "none"
 
     RECIPE_CONSTRAINTS: ClassVar[dict[str, dict[str, float]]] = TRAINER_CONSTRAINTS
 
@@ -136,6 +141,26 @@ class StageInputs:
         """Errors for settings every stage needs; called from each stage config's ``__post_init__``."""
         if self.use_peft and self.lora_r <= 0:
             raise ValueError(f"lora_r must be positive when use_peft is true, got {self.lora_r}.")
+
+    def apply_sharding(self) -> None:
+        """Turn ``sharding: fsdp2`` into the trainer's FSDP2 settings; called before ``TrainingArguments`` reads them."""
+        if self.sharding == "none":
+            return
+        import torch
+
+        if self.use_peft:
+            raise ValueError(
+                "sharding: fsdp2 with use_peft is not supported: the LoRA export is merged on one process; "
+                "train LoRA adapters with sharding: none."
+            )
+        if getattr(self, "use_cpu", False) or not torch.accelerator.is_available():
+            raise ValueError(
+                "sharding: fsdp2 needs accelerators (GPUs): accelerate runs FSDP only there and on CPU would "
+                "silently train unsharded copies (DDP); set sharding: none."
+            )
+        self.fsdp = True
+        # FULL_STATE_DICT: Trainer.save_model gathers the shards into one loadable checkpoint for the export.
+        self.fsdp_config = {"version": 2, "state_dict_type": "FULL_STATE_DICT", **(self.fsdp_config or {})}
 
 
 def lora_config(config: StageInputs, task_type: str):
@@ -249,6 +274,7 @@ STAGE_HOW_KEYS = frozenset(
         "use_cpu",
         "ddp_timeout",
         "ddp_backend",
+        "sharding",
         "dataset_num_proc",
         "per_device_eval_batch_size",
         "prediction_loss_only",

@@ -64,6 +64,7 @@ class Llama3RewardConfig(RewardConfig, StageInputs, PreferenceHygiene):
     shuffle_responses: bool = True
 
     def __post_init__(self) -> None:
+        self.apply_sharding()  # before TrainingArguments reads fsdp/fsdp_config
         super().__post_init__()
         self.validate_inputs()
         if self.max_length is not None and self.max_length < 2:

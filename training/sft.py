@@ -47,6 +47,7 @@ class Llama3SFTConfig(SFTConfig, StageInputs, SafetyMixInputs):
     extra_dataset_paths: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.apply_sharding()  # before TrainingArguments reads fsdp/fsdp_config
         super().__post_init__()
         self.validate_inputs()
         self.validate_safety_mix()
