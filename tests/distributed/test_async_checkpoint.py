@@ -11,15 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 
 from hf_llama3.cli_errors import RankKilledError
 from tests.distributed.harness import OPTIMIZER, make_batch, tiny_config
+from tests.pretrain.conftest import ByteTokenizer, small_recipe, write_test_shards
 from training.parallel.checkpoint import FAULT_ENV, CheckpointSaver, latest_checkpoint, load_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
 from training.parallel.spawn import run_local
+from training.post_cli import build_config
+from training.pretrain.cli import build_stages
+from training.pretrain.config import PretrainRecipe
+from training.pretrain.runner import RelaunchNeeded, Runner
 
-TOTAL, EVERY = 6, 2
+TOTAL, EVERY = 4, 2
 KILL_AT = 4  # rank 1 dies inside the step-4 save's write window: staged, written in the background, not finalised
 
 
@@ -69,14 +75,14 @@ def test_async_saves_give_the_weights_of_sync_saves() -> None:
         assert torch.equal(asynchronous["state"][key], tensor), key
     # A synchronous save is complete on return; an asynchronous one is not yet pointed at (training goes on), at
     # most the one before it is.
-    assert sync["pointers"] == [(s, f"step_{s:08d}") for s in (2, 4, 6)]
+    assert sync["pointers"] == [(s, f"step_{s:08d}") for s in range(EVERY, TOTAL + 1, EVERY)]
     for step, name in asynchronous["pointers"]:
         assert name is None or int(name.split("_")[1]) < step
     for name in ("sync", "async"):
         assert latest_checkpoint(_runs() / name).name == f"step_{TOTAL:08d}"
         assert not list((_runs() / name).glob("*.tmp"))
     # The written checkpoints themselves are equal: the staged copy is what was written, not later weights.
-    for step in (4, 6):
+    for step in (2, 4):
         directory = f"step_{step:08d}"
         for shard in sorted((_runs() / "sync" / directory).glob("*.distcp")):
             assert shard.read_bytes() == (_runs() / "async" / directory / shard.name).read_bytes(), shard
@@ -102,3 +108,34 @@ def test_kill_9_during_an_async_save_then_resume_equals_an_uninterrupted_run(mon
         assert torch.equal(resumed[key], tensor), key
     assert latest_checkpoint(folder).name == f"step_{TOTAL:08d}"
     assert not list(folder.glob("*.tmp"))
+
+
+@pytest.fixture
+def one_process_group():
+    """A one-process gloo group, as ``hf-llama3 pretrain`` makes without torchrun (destroyed before any fork)."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_pretrain_recipe_async_checkpoint_reaches_the_runner(tmp_path, one_process_group) -> None:
+    """``async_checkpoint: true`` makes the runner's saves asynchronous; the last checkpoint is complete when ``run``
+    returns (the export reads it), and when a stage stops the run to ask for a relaunch."""
+    shards = tmp_path / "shards"
+    write_test_shards(shards, ByteTokenizer())
+    values = yaml.safe_load(small_recipe(tmp_path, shards, tmp_path / "run").read_text())
+    values.update(parallel={}, long_context=None, anneal=None)
+    recipe = build_config(PretrainRecipe, {**values, "async_checkpoint": True})
+    runner = Runner(recipe, build_stages(recipe), recipe.output_dir)
+    assert runner.saver.asynchronous
+    runner.run()
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == f"step_{runner.trainer.step_count:08d}"
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+    values = yaml.safe_load(small_recipe(tmp_path, shards, tmp_path / "relaunch").read_text())
+    values.update(parallel={}, async_checkpoint=True)
+    values["long_context"]["parallel"] = {"dp_shard": 2}
+    recipe = build_config(PretrainRecipe, values)
+    with pytest.raises(RelaunchNeeded):
+        Runner(recipe, build_stages(recipe), recipe.output_dir).run()
+    assert latest_checkpoint(tmp_path / "relaunch" / "checkpoints").name == "step_00000006"

@@ -282,6 +282,9 @@ class PretrainRecipe:
         output_dir: Checkpoints, logs, gate reports, annealing snapshots and the final ``hf/`` export.
         checkpoint_every: Steps between checkpoints (stage ends are always checkpointed).
         keep_last: Checkpoints kept.
+        async_checkpoint: Write checkpoints in the background while training goes on (``dcp.async_save``; one
+            host copy of the rank's shards of weights and optimizer state, pinned on CUDA); ``latest`` moves only
+            once every rank's write has completed. Default false (synchronous saves). Not in the paper.
         report_to: ``jsonl`` (``metrics.jsonl``) and/or ``tensorboard`` (``tensorboard/``).
         peak_flops: Peak FLOP/s per device for MFU (default from the GPU name; none on CPU).
         init_from: A Hugging Face folder (safetensors) to start from instead of a random initialisation:
@@ -315,6 +318,7 @@ class PretrainRecipe:
     output_dir: str = "pretrain_output"
     checkpoint_every: int = dataclasses.field(default=50, metadata=bounds(min=1))
     keep_last: int = dataclasses.field(default=2, metadata=bounds(min=0))
+    async_checkpoint: bool = False
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["jsonl", "tensorboard"])
     peak_flops: float | None = dataclasses.field(default=None, metadata=bounds(gt=0))
     process_group_timeout_s: float | None = dataclasses.field(

@@ -27,6 +27,7 @@ HOW_KEYS = (
     "output_dir",
     "checkpoint_every",
     "keep_last",
+    "async_checkpoint",
     "report_to",
     "peak_flops",
     "device",

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from training.parallel.checkpoint import latest_checkpoint, load_checkpoint, maybe_inject_fault, save_checkpoint
+from training.parallel.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint, maybe_inject_fault
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import ParallelTrainer
 from training.parallel.safe_reader import SafeFileSystemReader
@@ -29,6 +29,7 @@ from .config import PretrainRecipe
 from .evaluate import broadcast, eval_loss, gathered_model
 from .guard import SpikeGuard
 from .logs import MetricsLog
+from .long_context import GateFailed
 from .state import RunState, StepPlan
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Runner:
         self.stages = stages
         self.output_dir = Path(output_dir)
         self.checkpoints = self.output_dir / "checkpoints"
+        self.saver = CheckpointSaver(self.checkpoints, recipe.keep_last, asynchronous=recipe.async_checkpoint)
         self.rank0 = dist.get_rank() == 0
         self.model_config = recipe.model_config()
         self.optimizer = recipe.optimizer_config()
@@ -138,12 +140,11 @@ class Runner:
         return self.evaluate()["mean"]
 
     def save(self) -> Path:
-        """Checkpoint the engine and the run state (collective)."""
+        """Checkpoint the engine and the run state (collective); with ``async_checkpoint`` the checkpoint is complete
+        after ``self.saver.wait()``, or after the next step that finds it written."""
         self.state.data = self.builder.state_dict()
         self.state.guard = self.guard.state_dict()
-        return save_checkpoint(
-            self.trainer, self.checkpoints, extra={"run": self.state.to_dict()}, keep_last=self.recipe.keep_last
-        )
+        return self.saver.save(self.trainer, extra={"run": self.state.to_dict()})
 
     def _switch_layout(self, stage: Stage) -> None:
         """Rebuild the engine when ``stage`` trains under another layout (same world size), else ask to relaunch."""
@@ -151,6 +152,7 @@ class Runner:
         if wanted == self.layout:
             return
         checkpoint = self.save()
+        self.saver.wait()
         world = ParallelDims(**wanted).world_size
         if world != dist.get_world_size():
             raise RelaunchNeeded(
@@ -161,7 +163,19 @@ class Runner:
         self._build_trainer(checkpoint, restore_guard=True)
 
     def run(self) -> RunState:
-        """Train every remaining stage; returns the final state (the same on every rank)."""
+        """Train every remaining stage; returns the final state (the same on every rank). The last checkpoint is
+        complete on return, or when a stage stops the run (relaunch, failed gate)."""
+        try:
+            state = self._run_stages()
+        except (RelaunchNeeded, GateFailed):
+            # Raised by every rank at the same step, after a save: finalise it. Not after other errors, where a
+            # peer may be gone and the finalising barrier would hang: `latest` stays at the last complete one.
+            self.saver.close()
+            raise
+        self.saver.close()
+        return state
+
+    def _run_stages(self) -> RunState:
         while self.state.stage < len(self.stages):
             stage = self.stages[self.state.stage]
             self._switch_layout(stage)
@@ -192,6 +206,7 @@ class Runner:
                 tokens=self.state.tokens,
                 per_source=self.builder.tokens_per_source,
             )
+            self.saver.poll()  # an asynchronous save written by every rank becomes `latest`
             done = stage.end_of_step(self)
             if done:
                 logger.info("stage %s done after %d steps", stage.name, self.state.stage_step)
