@@ -1,9 +1,9 @@
 """When no document survives a curation stage: say which step dropped the last ones, and why, in one line.
 
 Without this check a run whose every document is filtered out crashes later (a dedup step that never saw a
-document has no statistics; there is nothing to tokenize). The step statistics of a stage (one list per input
-file in stage 1, one list in stage 2) are summed per step; the first step that received documents and passed none
-on is the one that emptied the run.
+document has no statistics; there is nothing to tokenize). The step statistics of a stage (datatrove's, summed over
+its tasks by :func:`data.report.stage_steps`; several lists are summed per step) name the first step that received
+documents and passed none on: the one that emptied the run.
 """
 
 from __future__ import annotations
