@@ -204,8 +204,11 @@ def check_model_path(path: str, key: str = "model_name_or_path") -> None:
                 f"{key}: {path!r} holds no config.json; give a checkpoint folder (config.json + weights)."
             )
         return
-    looks_like_hub_id = len(folder.parts) == 2 and not path.startswith((".", "/", "~")) and not folder.exists()
-    if not path or not looks_like_hub_id:
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    # ``org/name`` whose ``org`` is no local folder, when the Hub may be asked: the Hub's to resolve.
+    looks_like_hub_id = len(folder.parts) == 2 and not path.startswith((".", "/", "~")) and not folder.parent.exists()
+    if not path or HF_HUB_OFFLINE or not looks_like_hub_id:
         raise FileNotFoundError(f"{key}: checkpoint folder {path!r} does not exist; give the folder of a saved model.")
 
 

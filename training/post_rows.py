@@ -93,6 +93,9 @@ def load_rows(path: str | Path):
             raise ValueError(f"Dataset {path}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet.")
         if kinds[path.suffix] == "json":
             _check_json_file(path)
+        quiet = datasets.is_progress_bar_enabled()  # a bar per small file would bury a stage's one-line errors
+        if quiet:
+            datasets.disable_progress_bars()
         try:
             dataset = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
         except DatasetGenerationError as err:
@@ -101,6 +104,9 @@ def load_rows(path: str | Path):
                 f"{path}: cannot read the rows ({type(cause).__name__}: {str(cause).splitlines()[0][:300]}); "
                 "a field must keep one type in every row (e.g. chosen always text, or always a message list)."
             ) from err
+        finally:
+            if quiet:
+                datasets.enable_progress_bars()
     if len(dataset) == 0:
         raise ValueError(f"{path}: no rows; give at least one row.")
     return dataset

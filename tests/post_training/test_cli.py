@@ -55,6 +55,11 @@ def test_stage_commands_chain(tmp_path, tokenizer, capsys):
     assert cli_main(["dpo", "--config", dpo_recipe, "--set", "use_peft=true", "--set", "lora_r=4"]) == 0
     for folder in (rm, sft, dpo):
         assert (folder / "final" / "model.safetensors").exists() and (folder / "final" / "tokenizer.json").exists()
+    # Each stage's export carries its data summary: what the hygiene rules [4.2.1] kept and dropped, per file.
+    rm_summary = json.loads((rm / "final" / "data_summary.json").read_text())
+    assert {"rows_read", "dropped_weak_preference", "dropped_similar_rows", "rows_kept"} <= set(*rm_summary.values())
+    dpo_summary = json.loads((dpo / "final" / "data_summary.json").read_text())[str(rs / "preferences.jsonl")]
+    assert dpo_summary["pairs"] + dpo_summary["dropped_similar_rows"] == dpo_summary["rows_read"]
     assert len((rs / "preferences.jsonl").read_text().splitlines()) == 12
     assert json.loads((rs / "samples.jsonl").read_text().splitlines()[0])["prompt"][0]["role"] == "system"
 
