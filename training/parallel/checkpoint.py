@@ -115,8 +115,10 @@ class CheckpointSaver:
 
     Asynchronous (``asynchronous=True``): :meth:`save` copies this rank's shards of model and optimizer state to
     host memory (``dcp.async_save`` staging: one host copy, pinned on CUDA, kept and reused by every save; its
-    size is :attr:`staging_bytes`, about 12 bytes per parameter of the rank's shards with AdamW's two fp32
-    moments) and returns while a thread writes ``step_<n>.tmp/``; training goes on. The atomic rule is kept:
+    size is :attr:`staging_bytes`, 12 bytes per parameter of the rank's shards (fp32 weights and AdamW's two
+    moments): at 405B on 16,384 GPUs, 405e9 x 12 B / 16,384 = 0.3 GB per GPU, 2.4 GB of pinned memory per 8-GPU
+    node) and returns while a thread writes ``step_<n>.tmp/``; training goes on. The next save first waits for
+    this write (the staging buffers are reused). The atomic rule is kept:
     ``step_<n>.tmp/`` becomes ``step_<n>/`` and ``latest`` points at it only after the write has completed on every
     rank, which :meth:`poll` checks at step boundaries (one all-reduce of a flag while a save is in flight),
     and :meth:`save`, :meth:`wait` and :meth:`close` wait for. A process killed meanwhile leaves ``latest`` at the
