@@ -186,7 +186,9 @@ class SignatureWriter(PipelineStep):
     name = "SignatureWriter"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str, config: MinHashConfig, batch_size: int = 512):
+    def __init__(self, folder: str, config: MinHashConfig, batch_size: int = 64):
+        # 64 documents per rensa call: a batch's shingle lists are most of what the task holds (512 cost 28 MB more
+        # in benchmarks/curate_memory.py for no measurable speed).
         super().__init__()
         self.folder, self.config, self.batch_size = folder, config, batch_size
 
