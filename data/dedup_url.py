@@ -12,7 +12,7 @@ Sharded (what ``hf-llama3 curate`` runs, any number of tasks), in three datatrov
    task read it; the losers are written per reading task as sorted positions;
 3. :class:`UrlDedupFilter` (in the dedup stage): drops those positions as ``older_crawl_of_url``.
 
-A task holds one bucket's keys (20 + 4 bytes per document of the bucket), never the corpus's documents.
+A task holds one bucket's keys (44 bytes per document of the bucket), never the corpus's documents.
 :class:`UrlDeduplicator` is the same rule in one process (the reference the sharded steps are tested against).
 """
 
