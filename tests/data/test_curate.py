@@ -128,25 +128,25 @@ def test_bad_configs_exit_2_with_a_clear_message(tmp_path, capsys):
 
 
 def test_slurm_and_ray_executors_come_from_the_same_recipe(tmp_path):
-    """executor.kind=slurm builds one dependent Slurm job array per stage (nothing is submitted here); ray does the
-    same with Ray when it is installed."""
+    """executor.kind=slurm / ray build one executor per stage, each depending on the one before (nothing is submitted
+    here: that needs a Slurm or Ray cluster)."""
     from data.config import ExecutorConfig, load_config
     from data.executors import make_executor
     from data.pipeline import curate_stages
 
     sets = [f"output_dir={tmp_path}/o", f"reader.paths=[{SAMPLE}]"]
-    options = "{partition: cpu, time: '01:00:00', cpus_per_task: 2}"
-    config = load_config(RECIPE, [*sets, "executor.kind=slurm", f"executor.options={options}"])
-    stages = curate_stages(config)
-    previous = None
-    for stage in stages:
-        executor = make_executor(config, stage, previous)
-        assert type(executor).__name__ == "SlurmPipelineExecutor" and executor.depends is previous
-        assert executor.world_size == stage.tasks and executor.job_name == f"curate-{stage.name}"
-        previous = executor
-    assert stages[0].name == "filter" and stages[-1].name == "report"
+    slurm_options = "{partition: cpu, time: '01:00:00', cpus_per_task: 2}"
+    for kind, options in (("slurm", slurm_options), ("ray", "{cpus_per_task: 2}")):
+        config = load_config(RECIPE, [*sets, f"executor.kind={kind}", f"executor.options={options}"])
+        stages = curate_stages(config)
+        previous = None
+        for stage in stages:
+            executor = make_executor(config, stage, previous)
+            assert type(executor).__name__ == f"{kind.capitalize()}PipelineExecutor"
+            assert executor.depends is previous and executor.world_size == stage.tasks
+            assert executor.pipeline is stage.pipeline
+            previous = executor
+        assert stages[0].name == "filter" and stages[-1].name == "report"
+    assert previous.cpus_per_task == 2
     with pytest.raises(ValueError, match="partition"):
         ExecutorConfig(kind="slurm")
-    pytest.importorskip("ray", reason="ray is not installed: the Ray executor cannot be built here")
-    config = load_config(RECIPE, [*sets, "executor.kind=ray"])
-    assert type(make_executor(config, stages[0])).__name__ == "RayPipelineExecutor"
