@@ -54,6 +54,8 @@ def run_stages(config: CurateConfig, stages: list) -> bool:
     from data.survival import check_survivors
 
     root = Path(config.output_dir)
+    for stale in root.rglob(".*.tmp"):  # a killed run's half-written files (every output is written then renamed)
+        stale.unlink()
     for stage in stages:
         make_executor(config, stage).run()
         if stage.name in ("filter", "dedup"):
