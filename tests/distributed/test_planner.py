@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import tempfile
 import weakref
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from hf_llama3 import Llama3Config
 from hf_llama3 import cli as hf_cli
 from hf_llama3.memory import parameter_counts
-from hf_llama3.recipe_loader import build, read_yaml
+from hf_llama3.recipe_loader import build, load_recipe, read_yaml
 from tests.distributed.harness import OPTIMIZER, tiny_config
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import EngineConfig, ParallelTrainer
@@ -45,6 +46,7 @@ from training.parallel.step_time import (
     recompute_flops_per_token,
     tp_bytes_per_step,
 )
+from training.pretrain.config import PretrainRecipe
 
 # Layouts measured on 4 gloo ranks: (name, layout_dims kwargs, checkpointing). No context parallelism: on CPU the
 # engine expands its block mask to a dense one inside every attention call, which the GPU accounting does not count.
@@ -61,6 +63,7 @@ MEASURED = [
 # upper bound; measured 30% below it here.
 UPPER_BOUND = {"PP2xTP2-v2": 1.35}
 ROWS, SEQ = 16, 64
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MODEL = dict(vocab_size=256)
 
 
@@ -298,6 +301,11 @@ def test_plan_layout_writes_a_parallel_section_the_engine_loads(tmp_path, capsys
     # The whole section is a recipe the engine accepts.
     engine = EngineConfig(**values)
     assert engine.parallel == dims and engine.activation_checkpointing is True
+    # The printed --set flags reach the 405B recipe's layout (what the README's torchrun launch passes).
+    flags = shlex.split(out.split("launch it with: ")[1].splitlines()[0])
+    assert flags[::2] == ["--set"] * 3
+    recipe = load_recipe(PretrainRecipe, RECIPES / "llama3-405b" / "pretrain.yaml", flags[1::2])
+    assert ParallelDims(**recipe.layout("initial")) == dims
 
 
 @pytest.mark.parametrize(

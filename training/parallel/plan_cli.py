@@ -12,7 +12,16 @@ from hf_llama3.cli_types import positive_float, positive_int, unit_float
 from hf_llama3.configuration_llama3 import PRESETS
 
 from .gpu_specs import GB, GPU_PRESETS, gpu_spec
-from .planner import HEADROOM, TABLE_HEADER, enumerate_layouts, evaluate, parse_layout, table_row, write_recipe_section
+from .planner import (
+    HEADROOM,
+    TABLE_HEADER,
+    enumerate_layouts,
+    evaluate,
+    parse_layout,
+    set_flags,
+    table_row,
+    write_recipe_section,
+)
 from .simulated_launch import shortfall
 from .step_time import model_flops_per_token
 
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     best = chosen[0]
     if not best.fits:
         raise CLIError(shortfall(best.memory, best.budget_bytes, f"--layout {args.layout}"))
+    print(f"launch it with: {set_flags(best)}")
     if args.output is not None:
         header = f"hf-llama3 plan: {best.name} for {args.model}, seq {args.seq_len}, {args.gpus} x {gpu.name}"
         write_recipe_section(args.output, best, header)

@@ -268,6 +268,15 @@ def parallel_section(candidate: Candidate) -> dict:
     }
 
 
+def set_flags(candidate: Candidate) -> str:
+    """The same keys as ``--set`` flags for ``hf-llama3 pretrain`` / ``training.pretrain.cli`` (YAML flow values)."""
+    section = parallel_section(candidate)
+    parallel = yaml.safe_dump(section["parallel"], default_flow_style=True, sort_keys=False, width=10**6).strip()
+    fsdp = yaml.safe_dump(section["fsdp"], default_flow_style=True, sort_keys=False, width=10**6).strip()
+    checkpointing = str(section["activation_checkpointing"]).lower()
+    return f"--set parallel='{parallel}' --set fsdp='{fsdp}' --set activation_checkpointing={checkpointing}"
+
+
 def write_recipe_section(path: str | Path, candidate: Candidate, header: str) -> None:
     """Write ``parallel_section`` as YAML (atomically; ``header`` as a comment line), then load its ``parallel:``
     back through the recipe loader to prove the engine accepts it."""
