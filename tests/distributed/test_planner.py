@@ -314,6 +314,7 @@ def test_plan_layout_writes_a_parallel_section_the_engine_loads(tmp_path, capsys
         (["--gpus", "8", "--layout", "tp=1,cp=1,pp=1,dp=8"], "needs"),  # 405B whole on 8 GPUs does not fit
         (["--gpus", "8192", "--layout", "tp=8,cp=1,pp=16,dp=32"], "4096 processes, but the world size is 8192"),
         (["--gpus", "8", "--layout", "tp=8,pp=1"], "misses cp, dp"),
+        (["--gpus", "8"], "no layout of llama3-405b on 8 GPUs fits 80 GB"),
     ],
 )
 def test_plan_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, argv, message):

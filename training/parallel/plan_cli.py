@@ -99,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         candidates = enumerate_layouts(config, args.gpus, args.seq_len, args.batch_tokens, gpu, args.headroom)
         fitting = [c for c in candidates if c.fits]
-        print(f"{len(candidates)} layouts the engine accepts, {len(fitting)} fit; the {args.top} fastest:")
+        print(f"{len(candidates)} layouts the engine accepts, {len(fitting)} fit the HBM less {args.headroom:.0%}")
         if not fitting:
             best = min(candidates, key=lambda c: c.memory.total) if candidates else None
             hint = f" (smallest: {best.name}, {best.memory.total / GB:.1f} GB)" if best else ""
-            raise CLIError(f"no layout of {args.model} on {args.gpus} GPUs fits {gpu.hbm_bytes / GB:.0f} GB{hint}.")
+            raise CLIError(
+                f"no layout of {args.model} on {args.gpus} GPUs fits {gpu.hbm_bytes / GB:.0f} GB less the "
+                f"{args.headroom:.0%} headroom{hint}: use more GPUs, a shorter --seq-len or a GPU with more HBM."
+            )
         # Recount the printed ones from the rank's model built on meta tensors (pretrain --dry-run's accounting).
         chosen = [
             evaluate(
