@@ -247,7 +247,6 @@ def rejection_sample(
     prompts; rank 0 writes the merged outputs, and every rank returns once they are written.
     """
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from hf_llama3 import encode_dialog, stop_token_ids
     from training.post_cli import StageInputs, load_rows, load_stage_tokenizer
@@ -264,45 +263,9 @@ def rejection_sample(
     stops = stop_token_ids(tokenizer)
     with data_parallel(device) as (rank, world_size):
         mine = shard(len(prompt_ids), rank, world_size)
-        if policy is None and backend != "vllm":  # vLLM loads the policy itself
-            policy = AutoModelForCausalLM.from_pretrained(config.policy_path)
-        if policy is not None:
-            policy = policy.to(device)
-        engine = make_engine(
-            backend,
-            policy,
-            device=device,
-            max_batch_tokens=config.max_batch_tokens,
-            model_path=config.policy_path,
-            vllm={
-                "mode": config.vllm_mode,
-                "server_base_url": config.vllm_server_base_url,
-                "tensor_parallel_size": config.vllm_tensor_parallel_size,
-                "gpu_memory_utilization": config.vllm_gpu_memory_utilization,
-            },
+        samples, scores = _sample_and_score(
+            config, backend, device, [prompt_ids[i] for i in mine], mine, stops, policy, reward_model, tokenizer
         )
-        my_prompts = [prompt_ids[i] for i in mine]
-        samples = sample_responses(
-            policy,
-            my_prompts,
-            config.num_samples,
-            config.max_new_tokens,
-            config.temperature,
-            config.top_p,
-            config.seed,
-            stops,
-            config.max_batch_tokens,
-            tokenizer.pad_token_id,
-            engine=engine,
-            prompt_indices=mine,
-        )
-        if reward_model is None:
-            reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
-        reward_model = reward_model.to(device)
-        # A sample that ends without a stop token is closed with <|eot_id|> before scoring, as a finished turn would be.
-        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-        closed = [[s if s and s[-1] in stops else [*s, eot] for s in prompt_samples] for prompt_samples in samples]
-        scores = score_samples(reward_model, my_prompts, closed, config.score_pack_size, config.score_batch_size)
         merged = gather_in_order(mine, list(zip(samples, scores)), world_size)
         output_dir = Path(config.output_dir)
         if merged is not None:
@@ -323,6 +286,60 @@ def rejection_sample(
         if world_size > 1:  # the other ranks return once rank 0's files exist
             dist.barrier()
     return output_dir
+
+
+def _sample_and_score(
+    config: RejectionSamplingConfig,
+    backend: str,
+    device: torch.device,
+    prompts: list[list[int]],
+    prompt_indices: list[int],
+    stops: list[int],
+    policy,
+    reward_model,
+    tokenizer,
+) -> tuple[list[list[list[int]]], list[list[float]]]:
+    """This rank's samples of ``prompts`` (global indices ``prompt_indices``) and their rewards, on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if policy is None and backend != "vllm":  # vLLM loads the policy itself
+        policy = AutoModelForCausalLM.from_pretrained(config.policy_path)
+    if policy is not None:
+        policy = policy.to(device)
+    engine = make_engine(
+        backend,
+        policy,
+        device=device,
+        max_batch_tokens=config.max_batch_tokens,
+        model_path=config.policy_path,
+        vllm={
+            "mode": config.vllm_mode,
+            "server_base_url": config.vllm_server_base_url,
+            "tensor_parallel_size": config.vllm_tensor_parallel_size,
+            "gpu_memory_utilization": config.vllm_gpu_memory_utilization,
+        },
+    )
+    samples = sample_responses(
+        policy,
+        prompts,
+        config.num_samples,
+        config.max_new_tokens,
+        config.temperature,
+        config.top_p,
+        config.seed,
+        stops,
+        config.max_batch_tokens,
+        tokenizer.pad_token_id,
+        engine=engine,
+        prompt_indices=prompt_indices,
+    )
+    if reward_model is None:
+        reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
+    reward_model = reward_model.to(device)
+    # A sample that ends without a stop token is closed with <|eot_id|> before scoring, as a finished turn would be.
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    closed = [[s if s and s[-1] in stops else [*s, eot] for s in prompt_samples] for prompt_samples in samples]
+    return samples, score_samples(reward_model, prompts, closed, config.score_pack_size, config.score_batch_size)
 
 
 def select_samples(
