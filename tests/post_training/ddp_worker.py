@@ -1,4 +1,5 @@
-"""Worker for test_distributed.py: each post-training trainer takes 2 steps under torchrun (gloo, 2 ranks).
+"""Worker for test_distributed.py: each post-training trainer takes 2 steps under torchrun (gloo, 2 ranks), then
+SFT and DPO take 2 steps with the policy sharded by FSDP2 (tests/post_training/fsdp2_steps.py).
 
 Every rank writes ``rank<r>.json`` with the world size, a checksum of each trained model's parameters and whether
 they changed; the test compares the ranks.
@@ -59,6 +60,9 @@ def main(out: Path) -> None:
         report["changed"][name] = report["checksums"][name] != before
         report["losses"][name] = result.training_loss
     report["world_size"] = dist.get_world_size()  # the trainers' accelerator set up the gloo group
+    from tests.post_training.fsdp2_steps import train_sharded
+
+    train_sharded(out / "fsdp2", tokenizer)  # in the same launch: one torchrun start for both checks
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
 
 

@@ -1,4 +1,4 @@
-"""Worker for test_fsdp.py: SFT and DPO steps with the policy sharded by FSDP2 over 2 gloo ranks (torchrun).
+"""SFT and DPO steps with the policy sharded by FSDP2 over the ranks of ddp_worker.py (2 gloo ranks, torchrun).
 
 accelerate runs FSDP only on accelerators: on CPU it silently falls back to DDP (``AcceleratorState`` sets the FSDP
 plugin for multi-GPU/NPU/XPU... types only), so on CPU the stage configs refuse ``sharding: fsdp2`` and this worker
@@ -6,15 +6,13 @@ drives FSDP2 (``torch.distributed.fsdp.fully_shard``, one unit per decoder layer
 stages' own rows, collators and losses (``Trainer.compute_loss`` of our SFT and DPO trainers, the DPO reference kept
 whole). Each rank takes one row of a 2-row global batch; an unsharded copy is also trained on both rows (the
 1-rank run, its gradient the mean of the two rows' as under data parallelism). The sharded weights are gathered
-into one full state dict, saved with ``save_pretrained`` by rank 0, and the test reloads them with
+into one full state dict, saved with ``save_pretrained`` by rank 0, and test_distributed.py reloads them with
 ``from_pretrained`` and compares them to the 1-rank weights.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import sys
 from pathlib import Path
 
 import torch
@@ -56,15 +54,12 @@ def _step(trainer, model, optimizer, rows: list[int]) -> None:
     optimizer.step()
 
 
-def main(out: Path) -> None:
+def train_sharded(out: Path, tokenizer) -> None:
+    """Write ``out/<stage>/fsdp2`` (2 ranks, sharded) and ``out/<stage>/one_rank`` for SFT and DPO."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    from hf_llama3 import load_tokenizer
-
-    dist.init_process_group("gloo")
     rank = dist.get_rank()
-    tokenizer = load_tokenizer()
     for name, trainer in _trainers(out, tokenizer).items():
         reference = copy.deepcopy(trainer.model).train()
         sharded = trainer.model.train()
@@ -83,10 +78,3 @@ def main(out: Path) -> None:
             sharded.save_pretrained(out / name / "fsdp2", state_dict=full)
             reference.save_pretrained(out / name / "one_rank")
         dist.barrier()
-    (out / f"rank{rank}.json").write_text(json.dumps({"world_size": dist.get_world_size()}))
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    torch.manual_seed(0)
-    main(Path(sys.argv[1]))
