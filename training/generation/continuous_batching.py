@@ -20,7 +20,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from training.generation.engine import SamplingSettings
 
 # On CPU the paged attention runs through SDPA with a dense mask over the cache pages; smaller pages cut that mask
-# (the CPU benchmark drew 2.9 samples/s with 64-token pages vs 1.3 with the default 256; BENCHMARKS.md).
+# (the CPU benchmark's settings, one run: 2.9 samples/s with 64-token pages vs 1.3 with the default 256; BENCHMARKS.md).
 CPU_PAGE_SIZE = 64
 
 

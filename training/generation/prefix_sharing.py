@@ -1,10 +1,11 @@
 """Our rejection sampler: one prefill per prompt, its KV cache repeated to the K samples [paper 4.2.2].
 
 Why our own and not transformers' continuous batching (``training.generation.continuous_batching``): on CPU,
-transformers 5.24's paged cache runs through SDPA with a dense mask over the whole page table and samples with
-``torch.multinomial`` over the 128K vocabulary; on the 2-core CPU benchmark (``benchmarks/rejection_sampling.py``,
-BENCHMARKS.md) it drew 1.5-2.9 samples/s where ``generate(num_return_sequences=K)`` drew 3.4 and this sampler 11-16.
-So this is the CPU default; on CUDA the default is continuous batching (flash/paged kernels, shared KV blocks).
+transformers 5.24's paged cache runs through SDPA with a dense mask over the page table and samples with
+``torch.multinomial`` over the 128K vocabulary. On the 2-core CPU benchmark (``benchmarks/rejection_sampling.py``,
+BENCHMARKS.md, 2026-12-01, loaded machine) it drew 0.58 samples/s, this sampler 0.79 and
+``generate(num_return_sequences=K)`` 0.27. So this is the CPU default; on CUDA the default is continuous batching
+(flash/paged kernels, KV blocks shared by a prompt's K samples).
 
 - prompts are sorted by length and grouped into batches whose worst-case size ``K * (prompt + max_new_tokens)``
   fits ``max_batch_tokens`` (admission control, the PagedAttention rule of [4.2.2]);
