@@ -237,7 +237,9 @@ def export_model(trainer, output_dir: str | Path, dtype=None, summary: Mapping[s
         if is_peft_model(model):
             model = model.merge_and_unload()
         else:
-            model = type(model).from_pretrained(gathered, dtype=dtype or model.dtype)
+            # FSDP2 swaps the module's class for a generated FSDP<Name> subclass: reload as the model's own class.
+            model_class = next(c for c in type(model).__mro__ if not c.__name__.startswith("FSDP"))
+            model = model_class.from_pretrained(gathered, dtype=dtype or model.dtype)
         if dtype is not None:
             model = model.to(dtype)
         with atomic_output_dir(output_dir, overwrite=True) as staging:
