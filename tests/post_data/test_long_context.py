@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from pathlib import Path
 
 import pytest
 import yaml
@@ -111,3 +112,14 @@ def test_a_document_without_text_is_refused_with_file_row_and_field(tmp_path):
     path.write_text(json.dumps({"text": "A fine document."}) + "\n" + json.dumps({"id": "x", "body": "oops"}) + "\n")
     with pytest.raises(ValueError, match=r"docs.jsonl: row 1: field 'text'"):
         read_documents(str(path))
+
+
+@pytest.mark.parametrize("step", ["curate", "long_context"])
+def test_tiny_recipes_build_their_configs(step):
+    from hf_llama3.recipe_loader import load_recipe
+    from training.post_data.curate import CurateConfig
+    from training.post_data.long_context import LongContextConfig
+
+    config_class = {"curate": CurateConfig, "long_context": LongContextConfig}[step]
+    config = load_recipe(config_class, Path(__file__).resolve().parents[2] / "recipes" / "tiny" / f"{step}.yaml")
+    assert isinstance(config, config_class)

@@ -131,10 +131,13 @@ def chunk_spans(text: str, tokenizer: Any, chunk_tokens: int) -> list[tuple[int,
     return spans
 
 
-def module_name(path: Path, root: Path) -> str:
-    """Dotted module name of ``path`` in a repository rooted at ``root`` (a package folder counts its own name)."""
-    base = root.parent if (root / "__init__.py").is_file() else root
-    parts = list(path.relative_to(base).with_suffix("").parts)
+def module_name(path: Path) -> str:
+    """Dotted module name of ``path`` as Python imports it: from the folder above its outermost package (so a
+    package inside ``src/`` or a sub-package of the repository gets the name its importers use)."""
+    base = path.parent
+    while (base / "__init__.py").is_file() and base.parent != base:
+        base = base.parent
+    parts = list(path.resolve().relative_to(base.resolve()).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -156,7 +159,7 @@ def imported_modules(source: str, name: str, is_package: bool) -> set[str]:
 def dependents(root: Path) -> dict[Path, list[Path]]:
     """For every non-``__init__`` Python file of the repository, the files that import it [4.3.4]."""
     files = sorted(root.rglob("*.py"))
-    names = {path: module_name(path, root) for path in files}
+    names = {path: module_name(path) for path in files}
     imports = {
         path: imported_modules(path.read_text(encoding="utf-8"), names[path], path.name == "__init__.py")
         for path in files
