@@ -53,29 +53,29 @@ def _first_bad_json_line(path: Path) -> str | None:
     return None
 
 
-def _check_json_file(path: Path) -> None:
-    """Refuse an empty or malformed ``.json``/``.jsonl`` file with the line at fault (datasets hides it)."""
+def _json_file_problem(path: Path) -> str | None:
+    """Why a ``.json``/``.jsonl`` file cannot be read (the line at fault, which datasets hides), or None."""
     text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise ValueError(f"{path}: the file is empty; give a file with one JSON row per line.")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {err.lineno}: malformed JSON ({err.msg} at column {err.colno}).") from err
-        if not rows:
-            raise ValueError(f"{path}: the file holds an empty list; give at least one row.")
-        return
-    bad = _first_bad_json_line(path)
-    if bad:
-        raise ValueError(f"{path}: {bad}; fix or remove that line.")
+            return f"line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})"
+        return None
+    return _first_bad_json_line(path)
+
+
+def _is_blank(path: Path) -> bool:
+    """An empty file, or one of white space only (read only when small: a large file is not blank)."""
+    size = path.stat().st_size
+    return size == 0 or (size < 1 << 20 and not path.read_text(encoding="utf-8", errors="replace").strip())
 
 
 def load_rows(path: str | Path):
     """Load a dataset file (json, jsonl, parquet) or a ``save_to_disk`` folder as a ``datasets.Dataset``.
 
-    Raises one-line errors naming the file for a missing or empty file, a malformed JSON line (with its number) and
-    rows whose fields change type between rows (the row Arrow could not read).
+    Raises one-line errors naming the file for a missing or empty file, a malformed JSON line (with its number, looked
+    for once datasets has failed) and any other file datasets cannot read.
     """
     import datasets
     from datasets.exceptions import DatasetGenerationError
@@ -91,20 +91,26 @@ def load_rows(path: str | Path):
         kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
         if path.suffix not in kinds:
             raise ValueError(f"Dataset {path}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet.")
-        if kinds[path.suffix] == "json":
-            _check_json_file(path)
-        quiet = datasets.is_progress_bar_enabled()  # a bar per small file would bury a stage's one-line errors
+        if _is_blank(path):
+            raise ValueError(f"{path}: the file is empty; give at least one row.")
+        # A bar per small file, and datasets' own log of a parse failure, would bury the stage's one-line error.
+        quiet, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
         if quiet:
             datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         try:
             dataset = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
         except DatasetGenerationError as err:
+            # Looked for only now: scanning every line of a good file would cost a second parse of the data.
+            bad = _json_file_problem(path) if kinds[path.suffix] == "json" else None
+            if bad:
+                raise ValueError(f"{path}: {bad}; fix or remove that line.") from err
             cause = err.__cause__ or err
             raise ValueError(
-                f"{path}: cannot read the rows ({type(cause).__name__}: {str(cause).splitlines()[0][:300]}); "
-                "a field must keep one type in every row (e.g. chosen always text, or always a message list)."
+                f"{path}: cannot read the rows ({type(cause).__name__}: {str(cause).splitlines()[0][:300]})."
             ) from err
         finally:
+            datasets.logging.set_verbosity(verbosity)
             if quiet:
                 datasets.enable_progress_bars()
     if len(dataset) == 0:
