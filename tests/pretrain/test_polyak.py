@@ -1,32 +1,40 @@
-"""Polyak averaging of the annealing snapshots: the export is the exact mean of the snapshots and loads with
+"""Polyak averaging [3.4.3] on the sharded model: from TP2 x FSDP2 and PP2 x FSDP2 (4 ranks, the fork of
+test_sharded_eval), the running average of two states, each rank averaging its own shards, saved, reloaded and
+exported by every rank, equals the element-wise mean of the two states (1e-6) and loads with
 ``AutoModelForCausalLM``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hf_llama3 import Llama3ForCausalLM
-from tests.conftest import tiny_config
-from training.pretrain.anneal import polyak_average
+from tests.pretrain.test_sharded_eval import LAYOUTS, results
+from training.pretrain.anneal import snapshot_steps
+from training.pretrain.config import AnnealConfig
 
 
-def test_polyak_average_is_the_mean(tmp_path):
-    folders, states = [], []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        model = Llama3ForCausalLM(tiny_config())
-        model.save_pretrained(tmp_path / f"step_{seed}")
-        folders.append(tmp_path / f"step_{seed}")
-        states.append(model.state_dict())
-    out = polyak_average(folders, tmp_path / "avg")
-    averaged = load_file(out / "model.safetensors")
-    for name, tensor in averaged.items():
-        expected = torch.stack([s[name] for s in states]).mean(0)
-        torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-7)
-    last_two = load_file(polyak_average(folders, tmp_path / "avg2", last=2) / "model.safetensors")
-    name = "model.layers.0.mlp.up_proj.weight"
-    torch.testing.assert_close(last_two[name], (states[1][name] + states[2][name]) / 2, rtol=0, atol=1e-7)
-    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
-    torch.testing.assert_close(loaded.state_dict()[name], averaged[name])
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_sharded_polyak_export_is_the_mean_of_the_states(layout: str) -> None:
+    result = results()[0][layout]
+    exported = AutoModelForCausalLM.from_pretrained(result["polyak"], trust_remote_code=True).state_dict()
+    assert set(exported) >= set(result["state"])
+    for name, first in result["state"].items():
+        expected = (first + result["second"][name]) / 2
+        torch.testing.assert_close(exported[name], expected, rtol=0, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    # One file per pipeline stage's layers: without PP save_pretrained's single file, with PP2 two and an index.
+    folder = Path(result["polyak"])
+    files = sorted(path.name for path in folder.glob("*.safetensors"))
+    pipeline = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert files == (pipeline if layout.startswith("PP") else ["model.safetensors"])
+    stored = {name for file in files for name in load_file(folder / file)}
+    assert stored == set(result["state"])
+
+
+def test_snapshot_steps_every_average_every_and_the_last() -> None:
+    config = AnnealConfig(tokens=7 * 64, seq_len=64, batch_tokens=64, weights={"web": 1.0}, average_every=3)
+    assert snapshot_steps(config) == [3, 6, 7]

@@ -403,8 +403,16 @@ class ParallelTrainer:
         torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm, foreach=True)
         return float(norm)
 
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """This rank's part of the weights under Hugging Face names, without communication: DTensor shards under
+        FSDP/TP, the tensors of its own stages under PP (what ``training.parallel.hf_export`` and the Polyak
+        average take)."""
+        return {name: tensor for _, stage in self.stages for name, tensor in stage.state_dict().items()}
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The unsharded weights of the whole model with Hugging Face names, on every rank (collective)."""
+        """The unsharded weights of the whole model with Hugging Face names, on every rank (collective). Every rank
+        then holds a full fp32 copy: for tests and small models only; evaluation, Polyak averaging and the export
+        work on the shards (``sharded_eval``, ``polyak``, ``hf_export``)."""
         local: dict[str, torch.Tensor] = {}
         for _, stage in self.stages:
             for name, tensor in stage.state_dict().items():
