@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hf_llama3.recipe_loader import bounds
 from training.post_data.difficulty import DEFAULT_INTENTIONS, score_difficulty
@@ -42,6 +42,7 @@ class CurateConfig:
     dedup_threshold: a dialog is dropped when its cosine similarity to a kept one in its cluster reaches this.
     num_clusters: k-means clusters of the dialog embeddings (capped at the row count).
     seed: k-means seed.
+    device: where the judge and reward model run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
 
     input_path: str = ""
@@ -61,6 +62,7 @@ class CurateConfig:
     dedup_threshold: float = dataclasses.field(default=0.9, metadata=bounds("", gt=0, max=1))
     num_clusters: int = dataclasses.field(default=8, metadata=bounds("", min=1))
     seed: int = dataclasses.field(default=0, metadata=bounds("", min=0))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         for key in ("input_path", "output_path", "judge_model_path"):
@@ -190,13 +192,21 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def load_causal_lm(path: str, tokenizer_path: str | None) -> tuple[Any, Any]:
-    """A causal LM from a folder and its tokenizer (the folder's, ``tokenizer_path``, or the real Llama 3 one)."""
+def torch_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other names as given."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def load_causal_lm(path: str, tokenizer_path: str | None, device: str = "cpu") -> tuple[Any, Any]:
+    """A causal LM from a folder on ``device`` and its tokenizer (the folder's, ``tokenizer_path``, or the real
+    Llama 3 one)."""
     from transformers import AutoModelForCausalLM
 
     import hf_llama3
 
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).to(device)
     tokenizer_folder = tokenizer_path or (path if (Path(path) / "tokenizer_config.json").is_file() else None)
     if tokenizer_folder is None:
         return model, hf_llama3.load_tokenizer()
@@ -210,11 +220,12 @@ def curate(config: CurateConfig) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
     rows = read_sft_rows(config.input_path)
-    model, tokenizer = load_causal_lm(config.judge_model_path, config.tokenizer_path)
+    device = torch_device(config.device)
+    model, tokenizer = load_causal_lm(config.judge_model_path, config.tokenizer_path, device)
     judge = LogLikelihoodJudge(model, tokenizer, config.judge_model_path)
     reward_model = None
     if config.reward_model_path:
-        reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path).eval()
+        reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path).to(device).eval()
     encoder, encoder_name = load_encoder(config.embedding_model_path)
     kept, report = curate_rows(rows, config, judge, encoder, encoder_name, reward_model, config.reward_model_path)
     write_jsonl(config.output_path, kept)

@@ -27,10 +27,17 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hf_llama3.recipe_loader import bounds
-from training.post_data.curate import load_causal_lm, read_sft_rows, report_path, write_jsonl, write_report
+from training.post_data.curate import (
+    load_causal_lm,
+    read_sft_rows,
+    report_path,
+    torch_device,
+    write_jsonl,
+    write_report,
+)
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]")
 _QUESTION = (
@@ -61,6 +68,7 @@ class LongContextConfig:
     min_answer_words: shortest sentence used as an extractive answer.
     max_new_tokens: longest generated question or summary.
     seed: the choice of chunks, answers and the shuffle of the mixed file.
+    device: where the model generates: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
 
     sft_path: str = ""
@@ -78,6 +86,7 @@ class LongContextConfig:
     min_answer_words: int = dataclasses.field(default=4, metadata=bounds("", min=1))
     max_new_tokens: int = dataclasses.field(default=256, metadata=bounds("", min=1))
     seed: int = dataclasses.field(default=0, metadata=bounds("", min=0))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         for key in ("sft_path", "output_path", "model_path"):
@@ -276,7 +285,11 @@ def needed_rows(sft_rows: int, ratio: float) -> int:
 
 
 def synthesize(
-    config: LongContextConfig, model: Any, tokenizer: Any, sft_rows: list[dict[str, Any]]
+    config: LongContextConfig,
+    model: Any,
+    tokenizer: Any,
+    sft_rows: list[dict[str, Any]],
+    documents: list[dict[str, str]],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The mixed rows (SFT rows and long-context rows, shuffled) and the report of what was made and dropped."""
     rng = random.Random(config.seed)
@@ -285,7 +298,6 @@ def synthesize(
     dropped: list[dict[str, Any]] = []
     for repo in config.code_repos:
         made += missing_file_rows(Path(repo), config.min_dependents)
-    documents = read_documents(config.documents_path) if config.documents_path else []
     spans = {d["id"]: chunk_spans(d["text"], tokenizer, config.chunk_tokens) for d in documents}
     documents = [d for d in documents if spans[d["id"]]]
     for document in documents:
@@ -328,8 +340,9 @@ def synthesize(
 def run(config: LongContextConfig) -> dict[str, Any]:
     """Run the step from its config: read, load the model, synthesize, write the mixed rows and the report."""
     sft_rows = read_sft_rows(config.sft_path)
-    model, tokenizer = load_causal_lm(config.model_path, config.tokenizer_path)
-    mixed, report = synthesize(config, model.eval(), tokenizer, sft_rows)
+    documents = read_documents(config.documents_path) if config.documents_path else []  # before the model loads
+    model, tokenizer = load_causal_lm(config.model_path, config.tokenizer_path, torch_device(config.device))
+    mixed, report = synthesize(config, model.eval(), tokenizer, sft_rows, documents)
     write_jsonl(config.output_path, mixed)
     write_report(report_path(config.output_path), report)
     return report
