@@ -66,12 +66,9 @@ def test_tiny_recipe_runs_all_three_stages(tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     export = out / "hf"
-    snapshots = sorted((out / "anneal").glob("step_*"))
-    assert len(snapshots) == 2
-    averaged = load_file(export / "model.safetensors")
-    for name, tensor in averaged.items():
-        parts = [load_file(s / "model.safetensors")[name] for s in snapshots]
-        torch.testing.assert_close(tensor, (parts[0] + parts[1]) / 2, rtol=0, atol=1e-7)
+    # The Polyak average of both annealing steps, kept sharded (tests/pretrain/test_polyak.py checks the mean).
+    assert json.loads((out / "anneal" / "average" / "polyak.json").read_text())["count"] == 2
+    assert load_file(export / "model.safetensors")
     model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)
     assert model.config.vocab_size == 128256
     card = (export / "README.md").read_text()

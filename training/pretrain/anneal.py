@@ -1,19 +1,18 @@
 """Stage 3, annealing [3.4.3]: LR linearly to 0, upsampled high-quality data, Polyak-averaged checkpoints.
 
-Every ``average_every`` steps (and at the last step) rank 0 writes the gathered model as a Hugging Face folder under
-``<output_dir>/anneal/step_<N>``; at the end those snapshots are averaged with the post-training averaging code
-(``training.averaging.average_checkpoints``, one shard in memory at a time) into the final model.
+Every ``average_every`` steps (and at the last step) the model's state is a snapshot: each rank adds its shards to
+the running Polyak average (``training.parallel.polyak``; of the newest ``average_last`` snapshots when set), which
+is saved under ``<output_dir>/<stage>/average`` (DCP) so a resumed run continues it. The final export writes that
+average as a Hugging Face folder, every rank writing its shards (``training.parallel.hf_export``). No rank ever
+gathers the model.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hf_llama3.checkpoint_io import atomic_output_dir
-from training.averaging import average_checkpoints
+from training.parallel.polyak import ShardedPolyakAverage
 
 from .config import AnnealConfig
 from .schedules import cosine_lr, linear_to_zero_lr
@@ -23,6 +22,11 @@ if TYPE_CHECKING:
     from .runner import Runner
 
 logger = logging.getLogger(__name__)
+
+
+def snapshot_steps(config: AnnealConfig) -> list[int]:
+    """The stage steps (1-based) that are snapshots: every ``average_every`` and the last."""
+    return sorted({*range(config.average_every, config.steps + 1, config.average_every), config.steps})
 
 
 class AnnealStage:
@@ -35,6 +39,7 @@ class AnnealStage:
         self.config = config
         self.weights = weights if weights is not None else config.weights
         self.name = name
+        self.average = ShardedPolyakAverage()
 
     def begin(self, run: Runner) -> None:
         run.state.start_lr = cosine_lr(run.trainer.step_count, run.optimizer)
@@ -47,21 +52,25 @@ class AnnealStage:
 
     def end_of_step(self, run: Runner) -> bool:
         done = run.state.stage_step >= self.config.steps
-        if done or run.state.stage_step % self.config.average_every == 0:
-            folder = run.output_dir / self.name / f"step_{run.trainer.step_count:08d}"
-            model = run.gathered()
-            if model is not None:
-                with atomic_output_dir(folder, overwrite=True) as tmp:
-                    model.save_pretrained(tmp)
-            if str(folder) not in run.state.snapshots:
-                run.state.snapshots.append(str(folder))
+        steps = snapshot_steps(self.config)
+        if run.state.stage_step not in steps:
+            return done
+        label = f"{self.name}/step_{run.trainer.step_count:08d}"
+        folder = run.output_dir / self.name / "average"
+        if self.average.count == 0 and run.state.snapshots:
+            self.average.load(run.trainer, folder)  # resumed after a snapshot: continue the saved average
+        averaged = (
+            not self.config.average_last or steps.index(run.state.stage_step) >= len(steps) - self.config.average_last
+        )
+        if averaged and self.average.update(run.trainer):
+            self.average.save(run.trainer, folder)
+        if averaged and label not in run.state.snapshots:
+            run.state.snapshots.append(label)
         return done
 
-
-def polyak_average(snapshots: Sequence[str | Path], output_dir: str | Path, last: int = 0) -> Path:
-    """The uniform average of the (newest ``last``, 0: all) annealing snapshots, written to ``output_dir``."""
-    chosen = list(snapshots)[-last:] if last else list(snapshots)
-    if not chosen:
-        raise ValueError("no annealing snapshots to average: the annealing stage did not run.")
-    # One snapshot averages to itself; average_checkpoints handles one folder like many.
-    return average_checkpoints(chosen, output_dir, overwrite=True)
+    def averaged_state(self, run: Runner) -> dict:
+        """The Polyak average laid out like ``run.trainer``'s weights (loaded from disk after a resume)."""
+        folder = run.output_dir / self.name / "average"
+        if self.average.count == 0:
+            self.average.load(run.trainer, folder)
+        return self.average.state_dict(run.trainer)

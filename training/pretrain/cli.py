@@ -9,8 +9,8 @@
 
 Rerunning the same command resumes from ``<output_dir>/checkpoints/latest``; a rerun with another recipe, model
 shape or inputs is refused and a finished run is never extended (:mod:`training.pretrain.fingerprint`).
-The end product is ``<output_dir>/hf``: the Polyak average of the annealing snapshots (without an ``anneal`` stage: the last checkpoint) with the tokenizer
-and a model card listing the recipe.
+The end product is ``<output_dir>/hf``: the Polyak average of the annealing snapshots (without an ``anneal`` stage: the
+last checkpoint) with the tokenizer and a model card listing the recipe, written by every rank from its shards.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from hf_llama3.cli_types import positive_float, positive_int
 from hf_llama3.model_card import write_model_card
 from hf_llama3.output_lock import output_lock
 from hf_llama3.recipe_loader import load_recipe
-from training.parallel.checkpoint import export_hf, latest_checkpoint
 from training.parallel.dims import ParallelDims
 from training.parallel.distributed import init_distributed
+from training.parallel.hf_export import export_sharded_hf
 from training.parallel.simulated_launch import H100_HBM_BYTES, MASK_KINDS
 from training.parallel.spawn import run_local
 from training.post_cli import is_launcher_process, stage_parser
 
-from .anneal import AnnealStage, polyak_average
+from .anneal import AnnealStage
 from .config import PretrainRecipe
 from .dry_run import print_dry_run
 from .fingerprint import check_pretrain_run
@@ -82,18 +82,25 @@ def build_stages(recipe: PretrainRecipe) -> list:
     return stages
 
 
-def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Path:
-    """``<output_dir>/hf``: the Polyak average of the annealing snapshots (without annealing: the last checkpoint),
-    the tokenizer and a model card (rank 0).
+def export_final(runner: Runner, state: RunState, tokenizer: Any) -> Path:
+    """``<output_dir>/hf``: the Polyak average of the annealing snapshots (without annealing: the final weights),
+    the tokenizer and a model card (collective: every rank writes its shards of the weights, rank 0 the rest).
 
     Built in ``hf.partial`` and renamed, so ``hf`` is only ever a complete export.
     """
+    recipe = runner.recipe
     output_dir = Path(recipe.output_dir)
     final, partial = output_dir / "hf", output_dir / "hf.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left by a run killed mid-export: ours, and never a complete export
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run killed mid-export: ours, never a complete export
+    dist.barrier()
     try:
-        _write_export(recipe, state, tokenizer, partial)
-        install_output_dir(partial, final)  # replaces only an hf/ that hf-llama3 wrote (ownership marker)
+        anneal = runner.stages[-1] if recipe.anneal is not None else None
+        weights = anneal.averaged_state(runner) if anneal is not None else runner.trainer.model_state()
+        export_sharded_hf(weights, recipe.model_config(), partial, files=runner.trainer.dims.pp)
+        if dist.get_rank() == 0:
+            _write_export(recipe, state, tokenizer, partial)
+            install_output_dir(partial, final)  # replaces only an hf/ that hf-llama3 wrote (ownership marker)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a failed export (full disk, ...) leaves no hf.partial behind
         raise
@@ -102,15 +109,11 @@ def export_final(recipe: PretrainRecipe, state: RunState, tokenizer: Any) -> Pat
 
 
 def _write_export(recipe: PretrainRecipe, state: RunState, tokenizer: Any, partial: Path) -> None:
-    """Weights, tokenizer and model card of the final export, into ``partial``."""
-    output_dir = Path(recipe.output_dir)
+    """Tokenizer and model card of the final export, into ``partial`` (which holds the weights)."""
     if recipe.anneal is not None:
-        polyak_average(state.snapshots, partial, last=recipe.anneal.average_last)
-        averaged = state.snapshots[-recipe.anneal.average_last :] if recipe.anneal.average_last else state.snapshots
-        weights = f"annealing with the LR linearly to 0. The weights are the Polyak average of {len(averaged)} "
+        weights = f"annealing with the LR linearly to 0. The weights are the Polyak average of {len(state.snapshots)} "
         weights += "annealing checkpoints."
     else:
-        export_hf(latest_checkpoint(output_dir / "checkpoints"), recipe.model_config(), partial)
         weights = "no annealing. The weights are those of the last checkpoint."
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
@@ -150,10 +153,9 @@ def run_recipe(recipe: PretrainRecipe) -> dict[str, Any]:
         raise ValueError("long_context.needle needs a tokenizer: set tokenizer (e.g. llama3) or needle: false.")
     if recipe.mode == "probe":
         return {"probe": run_probe(recipe, tokenizer)}
-    state = Runner(recipe, build_stages(recipe), recipe.output_dir, tokenizer=tokenizer).run()
-    export = Path(recipe.output_dir) / "hf"
-    if dist.get_rank() == 0:
-        export_final(recipe, state, tokenizer)
+    runner = Runner(recipe, build_stages(recipe), recipe.output_dir, tokenizer=tokenizer)
+    state = runner.run()
+    export = export_final(runner, state, tokenizer)
     dist.barrier()
     return {"tokens": state.tokens, "gates": state.gates, "snapshots": state.snapshots, "export": str(export)}
 

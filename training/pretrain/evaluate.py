@@ -1,30 +1,14 @@
-"""Evaluation during pre-training: the whole model gathered from its shards, and the held-out loss.
+"""The held-out loss of every source on a whole ``Llama3ForCausalLM`` in one process (a released or exported model).
 
-The gate of each long-context stage [3.4.2] and the annealing snapshots need the unsharded model: every rank
-gathers it (``ParallelTrainer.full_state_dict``, a collective), rank 0 evaluates and broadcasts the result. That
-fits the CPU recipes and single-node GPU runs; at 70B/405B scale the gate belongs in a separate evaluation job
-reading the DCP checkpoint (``training.parallel.checkpoint.export_hf``).
+During pre-training the same measure runs on the sharded model, every rank taking part and none gathering it
+(``training.parallel.sharded_eval.held_out_loss``; tests/pretrain/test_sharded_eval.py checks the two agree).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-import torch.distributed as dist
 
-from hf_llama3 import Llama3Config, Llama3ForCausalLM
-from training.parallel.engine import ParallelTrainer
-
-
-def gathered_model(trainer: ParallelTrainer, model_config: Llama3Config) -> Llama3ForCausalLM | None:
-    """The full model on rank 0 in eval mode (``None`` elsewhere); collective."""
-    state = trainer.full_state_dict()
-    if dist.get_rank() != 0:
-        return None
-    model = Llama3ForCausalLM(model_config)
-    model.load_state_dict(state)
-    return model.eval()
+from hf_llama3 import Llama3ForCausalLM
 
 
 @torch.no_grad()
@@ -36,10 +20,3 @@ def eval_loss(model: Llama3ForCausalLM, batches: dict[str, dict[str, torch.Tenso
     }
     losses["mean"] = sum(losses.values()) / len(losses)
     return losses
-
-
-def broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

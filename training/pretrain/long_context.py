@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from evaluation.needle import needle_gate
 from evaluation.plots import plot_needle_heatmap
+from training.parallel.sharded_eval import ShardedCausalLM
 
 from .config import LongContextConfig
-from .evaluate import broadcast, eval_loss
 from .schedules import cosine_lr
 from .state import StepPlan
 
@@ -76,39 +76,38 @@ class LongContextStage:
         return True
 
     def gate(self, run: Runner) -> dict[str, Any]:
-        """Evaluate the gate (collective) and return the record, identical on every rank."""
-        model = run.gathered()
-        record: dict[str, Any] | None = None
-        if model is not None:
-            loss = eval_loss(model, run.builder.eval_batches(run.recipe.eval_seq_len))["mean"]
-            limit = run.state.baseline_loss * (1 + self.config.loss_tolerance)
-            reasons = [] if loss <= limit else [f"short-context loss {loss:.4f} > {limit:.4f} (not recovered)"]
-            needle = None
-            if self.config.needle:
-                lengths = self.config.seq_lens[: self.index + 1]
-                result = needle_gate(
-                    model,
-                    run.tokenizer,
-                    lengths=lengths,
-                    depths=self.config.needle_depths,
-                    trials=self.config.needle_trials,
-                    min_score=self.config.needle_min_score,
-                )
-                reasons += [f"needle {r}" for r in result.reasons]
-                needle = result.scores.to_dict() | {"records": None}
+        """Evaluate the gate on the sharded model (collective) and return the record, identical on every rank."""
+        loss = run.short_context_loss()
+        limit = run.state.baseline_loss * (1 + self.config.loss_tolerance)
+        reasons = [] if loss <= limit else [f"short-context loss {loss:.4f} > {limit:.4f} (not recovered)"]
+        needle = None
+        if self.config.needle:
+            # Every rank generates the same prompts through its shards (greedy); the scores agree on every rank.
+            result = needle_gate(
+                ShardedCausalLM(run.trainer),
+                run.tokenizer,
+                lengths=self.config.seq_lens[: self.index + 1],
+                depths=self.config.needle_depths,
+                trials=self.config.needle_trials,
+                min_score=self.config.needle_min_score,
+            )
+            reasons += [f"needle {r}" for r in result.reasons]
+            needle = result.scores.to_dict() | {"records": None}
+            if run.rank0:
                 plot = run.output_dir / "gates" / f"{self.name}_step{run.trainer.step_count:08d}.png"
                 plot.parent.mkdir(parents=True, exist_ok=True)
                 plot_needle_heatmap(result.scores, plot, title=f"{self.name} gate")
-            record = {
-                "stage": self.name,
-                "step": run.trainer.step_count,
-                "stage_tokens": run.state.stage_tokens,
-                "short_loss": loss,
-                "baseline_loss": run.state.baseline_loss,
-                "needle": needle,
-                "passed": not reasons,
-                "reasons": reasons,
-            }
+        record = {
+            "stage": self.name,
+            "step": run.trainer.step_count,
+            "stage_tokens": run.state.stage_tokens,
+            "short_loss": loss,
+            "baseline_loss": run.state.baseline_loss,
+            "needle": needle,
+            "passed": not reasons,
+            "reasons": reasons,
+        }
+        if run.rank0:
             with open(run.output_dir / "gates.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        return broadcast(record)
+        return record

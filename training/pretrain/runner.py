@@ -23,10 +23,10 @@ from training.parallel.checkpoint import CheckpointSaver, latest_checkpoint, loa
 from training.parallel.dims import ParallelDims
 from training.parallel.engine import ParallelTrainer
 from training.parallel.safe_reader import SafeFileSystemReader
+from training.parallel.sharded_eval import held_out_loss
 
 from .batches import BatchBuilder
 from .config import PretrainRecipe
-from .evaluate import broadcast, eval_loss, gathered_model
 from .guard import SpikeGuard
 from .logs import MetricsLog
 from .long_context import GateFailed
@@ -125,15 +125,10 @@ class Runner:
         if self.state.data:
             self.builder.load_state_dict(self.state.data)
 
-    def gathered(self):
-        """The whole model on rank 0 (``None`` elsewhere); collective."""
-        return gathered_model(self.trainer, self.model_config)
-
     def evaluate(self) -> dict[str, float]:
-        """Held-out loss at ``eval_seq_len`` of every source and their ``mean``, on every rank (collective)."""
-        model = self.gathered()
-        batches = self.builder.eval_batches(self.recipe.eval_seq_len)
-        return broadcast(eval_loss(model, batches) if model is not None else None)
+        """Held-out loss at ``eval_seq_len`` of every source and their ``mean``, on every rank, computed on the
+        sharded model (collective)."""
+        return held_out_loss(self.trainer, self.builder.eval_batches(self.recipe.eval_seq_len))
 
     def short_context_loss(self) -> float:
         """Mean held-out loss at ``eval_seq_len`` over all sources, on every rank (collective)."""
