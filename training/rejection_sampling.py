@@ -351,7 +351,7 @@ def select_samples(
     allow_truncated_chosen: bool = False,
     safety_filter=None,
 ) -> list[dict[str, Any]]:
-    """One record per prompt: every sample with its score, stop reason and truncated flag, and the pick.
+    """One record per prompt: every sample with its score, stop reason (and token), truncated flag, and the pick.
 
     ``best`` is the highest-scoring usable sample that ended with a stop token (a truncated one only with
     ``allow_truncated_chosen``); ``worst`` the lowest-scoring usable sample whose text differs from it. Usable:
@@ -371,6 +371,7 @@ def select_samples(
             "samples": texts,
             "scores": prompt_scores,
             "stop_reasons": reasons,
+            "stop_tokens": [s[-1] if reason == "stop" else None for s, reason in zip(prompt_samples, reasons)],
             "truncated": truncated,
             "num_tokens": [len(s) for s in prompt_samples],
         }
@@ -427,7 +428,7 @@ def _write_outputs(output_dir: Path, records: list[dict[str, Any]], max_new_toke
 
     summary = {**summarize(records, max_new_tokens), **run}
     files = {
-        "samples.jsonl": records,
+        "samples.jsonl": [{**r, "max_new_tokens": max_new_tokens} for r in records],
         "sft.jsonl": [{"messages": [*r["prompt"], assistant(r["samples"][r["best"]])]} for r in selected],
         "preferences.jsonl": [
             {

@@ -131,3 +131,38 @@ def test_reward_drops_similar_responses_and_weak_rows(tmp_path, tokenizer):
         "rows_kept": 1,
     }
     assert len(packed) == 1 and sorted(packed[0]["response_ranks"]) == [0, 1]
+
+
+def test_rounds_dpo_keeps_the_strength_column(tmp_path, tokenizer):
+    """A round's annotation file reaches DPO whole: its weak pair is dropped and counted in the export's summary."""
+    import json
+
+    from training.rounds import RoundsConfig, RoundsRunner
+
+    base, sft_final = tmp_path / "base", tmp_path / "rounds" / "round_0" / "sft" / "final"
+    for folder in (base, sft_final):
+        tiny_causal_lm(0).save_pretrained(folder)
+    tokenizer.save_pretrained(sft_final)
+    rows = [
+        {"prompt": USER, "chosen": _assistant("Mars."), "rejected": _assistant("A banana."), "strength": "better"},
+        {
+            "prompt": USER,
+            "chosen": _assistant("Venus."),
+            "rejected": _assistant("Nope."),
+            "strength": "slightly better",
+        },
+    ]
+    preferences = tmp_path / "rounds" / "round_0" / "preferences" / "preferences.jsonl"
+    preferences.parent.mkdir(parents=True)
+    preferences.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = RoundsConfig(
+        base_model=str(base),
+        prompts_path=str(preferences),
+        preference_path=str(preferences),
+        output_dir=str(tmp_path / "rounds"),
+        dpo=trainer_args(tmp_path, max_steps=1),
+    )
+    out = tmp_path / "rounds" / "round_0" / "dpo_seed0"
+    RoundsRunner(config).train_dpo(0, out, seed=0)
+    summary = json.loads((out / "final" / "data_summary.json").read_text())[str(preferences)]
+    assert summary["dropped_weak_preference"] == 1 and summary["pairs"] == 1

@@ -116,7 +116,8 @@ def test_rejection_sample_writes_datasets_trl_reads(tmp_path, tokenizer):
     assert samples[2]["prompt"][-1]["role"] == "user"  # the old assistant turn is not part of the prompt
     for record in samples:
         assert record["truncated"] == [True] * 4 and record["stop_reasons"] == ["length"] * 4
-        assert record["num_tokens"] == [8] * 4
+        assert record["num_tokens"] == [8] * 4 and record["max_new_tokens"] == 8
+        assert record["stop_tokens"] == [None] * 4
         assert record["scores"][record["best"]] == max(record["scores"])  # chosen = RM argmax
         assert record["scores"][record["worst"]] == min(record["scores"])
     preferences = load_dataset("json", data_files=str(out / "preferences.jsonl"), split="train")
@@ -164,7 +165,7 @@ def test_a_truncated_sample_is_never_chosen(tmp_path, tokenizer):
     ]
     scores = [[0.5, 2.0, -1.0], [1.0, 0.0]]
     records = select_samples(tokenizer, dialogs, samples, scores, [eot])
-    assert records[0]["truncated"] == [False, True, False]
+    assert records[0]["truncated"] == [False, True, False] and records[0]["stop_tokens"] == [eot, None, eot]
     assert records[0]["best"] == 0 and records[0]["worst"] == 2  # not sample 1 (score 2.0, truncated)
     assert records[0]["best_scoring_truncated"]
     assert "best" not in records[1] and records[1]["skipped"] == "every usable sample is truncated"
