@@ -156,10 +156,7 @@ def curate_rows(
         # [4.2.3] "sort them by quality score x difficulty score": quality is the rubric's expected score over its
         # maximum, raised to 1 when the reward model flags the row.
         quality = [
-            1.0
-            if reward_high[i]
-            else tags[i]["quality"]["score"] / (2 if tags[i]["quality"]["rubric"] == "coding" else 3)
-            for i in candidates
+            1.0 if reward_high[i] else tags[i]["quality"]["score"] / tags[i]["quality"]["scale"] for i in candidates
         ]
         scores = [q * tags[i]["difficulty"]["score"] for q, i in zip(quality, candidates)]
         result = semantic_dedup(embeddings, scores, config.dedup_threshold, config.num_clusters, config.seed)

@@ -60,6 +60,7 @@ def judge_rubric(judge: LogLikelihoodJudge, prompt: str, response: str, coding: 
     return {
         "rubric": "coding" if coding else "general",
         "score": expected,
+        "scale": max(levels),  # the rubric's maximum: score / scale is the quality in [0, 1] curate sorts by
         "level": level,
         "high": level == max(levels),
     }
