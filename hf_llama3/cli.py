@@ -39,6 +39,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.rounds:main",
         "iterative post-training rounds: RM, rejection sampling, SFT, DPO, average [4.1.6]",
     ),
+    # Post-training data [4.2-4.3] (training/post_data/): curation, long-context synthesis.
+    "post-data": (
+        "training.post_data.cli:main",
+        "`post-data {curate,long-context}`: make and clean post-training rows [4.2-4.3]",
+    ),
     # Safety [5.4] (training/safety/): Llama Guard 3-style classifier, filter, VR/FRR.
     "guard": (
         "training.safety.cli:main",
