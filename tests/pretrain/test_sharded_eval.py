@@ -1,7 +1,8 @@
-"""Evaluation on the sharded model [3.4.2]: on 4 ranks (TP2 x FSDP2, then PP2 x FSDP2, one fork) the held-out loss
-per category, the needle gate's generations and the Polyak average of the sharded states equal the single-process
-results on the same weights, and no rank holds a full copy of the model while it evaluates (the weights it holds, measured at every
-decoder layer's forward)."""
+"""Evaluation on the sharded model [3.4.2]: on 4 ranks (TP2 x FSDP2, PP2 x FSDP2 and TP2 x PP2, one fork) the
+held-out loss per category, the needle gate's generations and the Polyak average of the sharded states equal the
+single-process results on the same weights, and no rank holds a full copy of the model while it evaluates (the
+weights it holds, measured at every decoder layer's forward). The TP2 x PP2 run also exports its trained weights
+as a Hugging Face folder written by every rank (tests/pretrain/test_polyak.py loads it)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ from training.parallel.sharded_eval import ShardedCausalLM, held_out_loss
 from training.parallel.spawn import run_local
 from training.pretrain.evaluate import eval_loss
 
-LAYOUTS = {"TP2xFSDP2": dict(tp=2, dp_shard=2), "PP2xFSDP2": dict(pp=2, dp_shard=2, pp_microbatches=2)}
+LAYOUTS = {
+    "TP2xFSDP2": dict(tp=2, dp_shard=2),
+    "PP2xFSDP2": dict(pp=2, dp_shard=2, pp_microbatches=2),
+    "TP2xPP2": dict(tp=2, pp=2, pp_microbatches=2),
+}
+EXPORTED = "TP2xPP2"  # the layout whose trained weights are exported as they are (no averaging)
 NEEDLE = dict(lengths=[256], depths=[0.0, 1.0], max_new_tokens=3, min_score=1.0)
 
 
@@ -98,6 +104,8 @@ def _run(rank: int, world_size: int, out_dir: str) -> None:
         resumed.load(trainer, Path(out_dir) / name / "average")
         export_sharded_hf(resumed.state_dict(trainer), tiny_config(), Path(out_dir) / name / "hf", trainer.dims.pp)
         second = trainer.full_state_dict()
+        if name == EXPORTED:
+            export_sharded_hf(trainer.model_state(), tiny_config(), Path(out_dir) / name / "trained", trainer.dims.pp)
         results[name] = {
             "losses": losses,
             "needle": needle,
@@ -106,6 +114,7 @@ def _run(rank: int, world_size: int, out_dir: str) -> None:
             "state": state,
             "second": second,
             "polyak": str(Path(out_dir) / name / "hf"),
+            "trained": str(Path(out_dir) / name / "trained"),
         }
         del trainer
     per_rank: list[dict | None] = [None] * world_size
