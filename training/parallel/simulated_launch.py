@@ -283,6 +283,14 @@ def _layout_name(dims: ParallelDims) -> str:
     return " ".join([*parts, dp]) + f" ({dims.world_size:,} GPUs)"
 
 
+def forward_rows(dims: ParallelDims, local_rows: int) -> int:
+    """Rows per forward the engine runs for ``local_rows`` per data-parallel rank: ``micro_batch_size`` when the
+    layout sets it, else the local batch split into ``pp_microbatches``."""
+    if dims.micro_batch_size is not None:
+        return dims.micro_batch_size
+    return max(1, local_rows // dims.num_microbatches(local_rows * dims.dp))
+
+
 def simulate_launch(
     model_config: Llama3Config,
     dims: ParallelDims,
@@ -299,8 +307,8 @@ def simulate_launch(
     Args:
         local_rows: Sequences per data-parallel rank per optimizer step (the attention mask covers them all).
         microbatch_rows: Rows of one micro-batch (one forward); the step accumulates ``local_rows / microbatch_rows``
-            of them, which also feed the pipeline schedule. Default 1: the engine has no micro-batch setting yet
-            (issue 13, point 2); today it runs ``local_rows / pp_microbatches`` rows per forward.
+            of them, which also feed the pipeline schedule (the engine's ``ParallelDims.micro_batch_size``; see
+            :func:`forward_rows` for a layout that sets ``pp_microbatches`` instead).
         states: ``simulate_rank`` results to reuse for another sequence length (the model does not change).
     """
     dims.validate_model(model_config)

@@ -198,7 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hbm-gb", type=positive_float, default=H100_HBM_BYTES / 1e9, help="GPU memory for --dry-run (GB, 10^9)"
     )
     parser.add_argument(
-        "--microbatch-rows", type=positive_int, default=1, help="sequences per forward for --dry-run (default 1)"
+        "--microbatch-rows",
+        type=positive_int,
+        default=None,
+        help="sequences per forward for --dry-run (default: the layout's micro_batch_size)",
     )
     parser.add_argument(
         "--attention-mask",

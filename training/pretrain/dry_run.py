@@ -14,6 +14,7 @@ from training.parallel.fsdp import FSDPConfig
 from training.parallel.simulated_launch import (
     TABLE_HEADER,
     RankMemory,
+    forward_rows,
     shortfall,
     simulate_launch,
     simulate_ranks,
@@ -35,9 +36,12 @@ def stage_names(recipe: PretrainRecipe) -> list[str]:
 
 
 def dry_run(
-    recipe: PretrainRecipe, microbatch_rows: int = 1, mask: str = "block"
-) -> list[tuple[str, int, RankMemory]]:
-    """The worst rank of every stage shape of ``recipe``: ``(stage name, seq_len, RankMemory)``."""
+    recipe: PretrainRecipe, microbatch_rows: int | None = None, mask: str = "block"
+) -> list[tuple[str, int, int, RankMemory]]:
+    """The worst rank of every stage shape of ``recipe``: ``(stage name, seq_len, rows per forward, RankMemory)``.
+
+    ``microbatch_rows`` overrides the rows per forward the recipe's layout gives (``simulated_launch.forward_rows``).
+    """
     model_config = recipe.model_config()
     fsdp = FSDPConfig(**dict(recipe.fsdp))
     built: dict[tuple, list] = {}
@@ -48,32 +52,35 @@ def dry_run(
         if key not in built:
             built[key] = simulate_ranks(model_config, dims, fsdp, recipe.activation_checkpointing)
         local_rows = batch_tokens // seq_len // dims.dp
+        rows_per_forward = microbatch_rows or forward_rows(dims, local_rows)
         reports = simulate_launch(
             model_config,
             dims,
             seq_len,
             local_rows,
-            microbatch_rows,
+            rows_per_forward,
             fsdp=fsdp,
             activation_checkpointing=recipe.activation_checkpointing,
             mask=mask,
             states=built[key],
         )
-        rows.append((name, seq_len, worst(reports)))
+        rows.append((name, seq_len, rows_per_forward, worst(reports)))
     return rows
 
 
-def print_dry_run(recipe: PretrainRecipe, hbm_bytes: int, microbatch_rows: int = 1, mask: str = "block") -> int:
+def print_dry_run(
+    recipe: PretrainRecipe, hbm_bytes: int, microbatch_rows: int | None = None, mask: str = "block"
+) -> int:
     """Print the table; raise ``CLIError`` (exit 2) naming the first stage that does not fit in ``hbm_bytes``."""
     rows = dry_run(recipe, microbatch_rows, mask)
     print(
-        f"{recipe.model}: GB per GPU (10^9 bytes), worst pipeline rank, micro-batch {microbatch_rows} row(s), "
-        f"{mask} attention mask, HBM {hbm_bytes / 1e9:.0f} GB"
+        f"{recipe.model}: GB per GPU (10^9 bytes), worst pipeline rank, {mask} attention mask, "
+        f"HBM {hbm_bytes / 1e9:.0f} GB"
     )
     print(TABLE_HEADER)
-    for name, seq_len, report in rows:
-        print(table_row(name, seq_len, microbatch_rows, report))
-    for name, _, report in rows:
+    for name, seq_len, rows_per_forward, report in rows:
+        print(table_row(name, seq_len, rows_per_forward, report))
+    for name, _, _, report in rows:
         error = shortfall(report, hbm_bytes, name)
         if error is not None:
             raise CLIError(error)
