@@ -149,7 +149,9 @@ def test_tool_errors_are_fed_back_and_bad_trajectories_end_with_their_reason(reg
     assert trajectory.outcome == "answered" and trajectory.tool_errors == 2
     assert trajectory.messages[2]["content"].startswith("[error] ZeroDivisionError: division by zero")
     assert trajectory.messages[4]["content"] == "tool 'get_weather' failed: KeyError: 'Rome'"
-    bad_argument = '<|python_tag|>{"type": "function", "name": "get_weather", "parameters": {"town": "Oslo"}}<|eom_id|>'
+    bad_argument = (
+        '<|python_tag|>{"type": "function", "name": "get_weather", "parameters": {"town": "Oslo"}}<|eom_id|>'
+    )
     trajectory = run_tool_loop(ScriptedPolicy([bad_argument, "?<|eot_id|>"]), USER, registry)
     assert trajectory.messages[2]["content"] == "tool 'get_weather': required argument 'city' is missing."
     cases = {

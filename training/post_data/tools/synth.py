@@ -115,7 +115,9 @@ def read_prompts(path: str, system_prompt: str | None = None) -> list[list[dict[
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: row {number}: malformed JSON ({err.msg}); fix or remove that line.") from None
+                raise ValueError(
+                    f"{path}: row {number}: malformed JSON ({err.msg}); fix or remove that line."
+                ) from None
             value = row.get("prompt", row.get("messages")) if isinstance(row, dict) else None
             if isinstance(value, str) and value.strip():
                 messages = [{"role": "user", "content": value}]
