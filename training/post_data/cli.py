@@ -19,6 +19,7 @@ STEPS: dict[str, tuple[str, str]] = {
         "training.post_data.long_context",
         "synthetic long-context SFT rows (chunk QA, summaries, code reasoning) mixed into SFT [4.3.4]",
     ),
+    "code": ("training.post_data.code_feedback", "code SFT rows kept only when they pass execution feedback [4.3.1]"),
     "tools": ("training.post_data.tools.synth", "tool-use dialogs, tools executed: SFT rows + DPO pairs [4.3.5]"),
 }
 
