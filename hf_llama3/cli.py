@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.post_data.cli:main",
         "`post-data {curate,long-context}`: make and clean post-training rows [4.2-4.3]",
     ),
+    "chat": (
+        "training.chat_cli:main",
+        "`chat --model PATH --tools code_interpreter,brave_search,...`: multi-step tool use [4.3.5]",
+    ),
     # Safety [5.4] (training/safety/): Llama Guard 3-style classifier, filter, VR/FRR.
     "guard": (
         "training.safety.cli:main",
