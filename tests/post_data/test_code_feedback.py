@@ -32,17 +32,20 @@ class ScriptedModel:
         self.script = script
         self.feedback: dict[str, list[str]] = {}
 
-    def solve(self, problem: CodeProblem) -> str:
-        return self.script[problem.id]["solution"]
+    def solve(self, problems):
+        return [self.script[p.id]["solution"] for p in problems]
 
-    def write_tests(self, problem: CodeProblem, solution: str) -> str:
-        return self.script[problem.id].get("tests", ADD_TESTS)
+    def write_tests(self, problems, solutions):
+        return [self.script[p.id].get("tests", ADD_TESTS) for p in problems]
 
-    def revise(self, problem: CodeProblem, attempt: Attempt, feedback: str) -> Attempt:
-        seen = self.feedback.setdefault(problem.id, [])
-        seen.append(feedback)
-        revisions = self.script[problem.id].get("revisions", [attempt.solution])
-        return Attempt(revisions[min(len(seen), len(revisions)) - 1], attempt.tests)
+    def revise(self, problems, attempts, feedback):
+        revised = []
+        for problem, attempt, text in zip(problems, attempts, feedback):
+            seen = self.feedback.setdefault(problem.id, [])
+            seen.append(text)
+            revisions = self.script[problem.id].get("revisions", [attempt.solution])
+            revised.append(Attempt(revisions[min(len(seen), len(revisions)) - 1], attempt.tests))
+        return revised
 
 
 def config(tmp_path, **overrides) -> CodeFeedbackConfig:
@@ -152,6 +155,11 @@ def test_problems_are_read_and_bad_rows_refused(tmp_path):
     assert (problem.id, problem.language, problem.tests) == ("a", "python", "assert add(1, 1) == 2")
     path.write_text(json.dumps({"prompt": "Add."}) + "\n" + json.dumps({"text": "no prompt"}) + "\n")
     with pytest.raises(ValueError, match=r"problems.jsonl: row 1: field 'prompt'"):
+        read_problems(str(path))
+    path.write_text(
+        json.dumps({"id": "a", "prompt": "Add."}) + "\n" + json.dumps({"id": "a", "prompt": "Sub."}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"row 1: field 'id' 'a' repeats row 0"):
         read_problems(str(path))
 
 

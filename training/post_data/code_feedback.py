@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from hf_llama3.recipe_loader import bounds
@@ -49,6 +51,7 @@ class CodeFeedbackConfig:
     max_revisions: how many times a failing solution goes back to the model with the feedback.
     lint_select: ruff rule codes a solution must be clean of (the tests with the solution's names in scope).
     sandbox: limits of each test run (CPU and wall seconds, memory, output, file size, processes).
+    check_workers: how many attempts are checked at once (each check runs its own sandbox processes).
     generation_backend: ``auto`` (``prefix_sharing`` on CPU, ``continuous_batching`` on CUDA) or a named engine.
     max_new_tokens: longest solution, test file or revision.
     temperature: sampling temperature (0: greedy).
@@ -68,6 +71,7 @@ class CodeFeedbackConfig:
     lint_select: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_LINT_SELECT))
     # [4.3.1] "executed in a containerized environment": see training.post_data.sandbox for what is contained.
     sandbox: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
+    check_workers: int = dataclasses.field(default=2, metadata=bounds("", min=1))
     generation_backend: Literal["auto", "prefix_sharing", "continuous_batching", "vllm"] = "auto"
     max_new_tokens: int = dataclasses.field(default=1024, metadata=bounds("", min=1))
     temperature: float = dataclasses.field(default=0.6, metadata=bounds("", min=0))
@@ -92,6 +96,7 @@ def read_problems(path: str) -> list[CodeProblem]:
     from training.post_rows import load_rows
 
     problems = []
+    seen: dict[str, int] = {}
     for number, row in enumerate(load_rows(path).to_list()):
         prompt = row.get("prompt") or row.get("problem")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -100,8 +105,11 @@ def read_problems(path: str) -> list[CodeProblem]:
         if tests is not None and not isinstance(tests, str):
             raise ValueError(f"{path}: row {number}: field 'tests' must be Python source (a string) or absent.")
         language = str(row.get("language") or "python").lower()
-        problem_id = row.get("id")
-        problems.append(CodeProblem(str(number if problem_id is None else problem_id), prompt, tests, language))
+        problem_id = str(number if row.get("id") is None else row["id"])
+        if problem_id in seen:
+            raise ValueError(f"{path}: row {number}: field 'id' {problem_id!r} repeats row {seen[problem_id]}.")
+        seen[problem_id] = number
+        problems.append(CodeProblem(problem_id, prompt, tests, language))
     if not problems:
         raise ValueError(f"{path}: no problems; give one JSON row with 'prompt' per line.")
     return problems
@@ -123,23 +131,6 @@ def check(attempt: Attempt, problem: CodeProblem, config: CodeFeedbackConfig) ->
     return failure
 
 
-def solve_with_feedback(
-    model: CodeModel, problem: CodeProblem, config: CodeFeedbackConfig
-) -> tuple[Attempt | None, list[dict[str, Any]]]:
-    """The passing attempt (None when the revisions ran out) and every failed check on the way."""
-    solution = model.solve(problem)
-    attempt = Attempt(solution, model.write_tests(problem, solution))
-    history: list[dict[str, Any]] = []
-    for revision in range(config.max_revisions + 1):
-        failure = check(attempt, problem, config)
-        if failure is None:
-            return attempt, history
-        history.append({"revision": revision, "reason": failure.reason, "detail": failure.detail})
-        if revision < config.max_revisions:
-            attempt = model.revise(problem, attempt, failure.feedback)
-    return None, history
-
-
 def sft_row(problem: CodeProblem, attempt: Attempt, revisions: int, model_name: str) -> dict[str, Any]:
     """An SFT row: the problem as the user turn, the passing solution as the assistant turn, and how it was made."""
     answer = f"```python\n{attempt.solution.strip()}\n```"
@@ -150,19 +141,62 @@ def sft_row(problem: CodeProblem, attempt: Attempt, revisions: int, model_name: 
     }
 
 
+def check_all(
+    attempts: Sequence[Attempt], problems: Sequence[CodeProblem], config: CodeFeedbackConfig
+) -> list[CheckFailure | None]:
+    """:func:`check` of each attempt, ``config.check_workers`` sandboxes at a time."""
+    if config.check_workers == 1 or len(attempts) < 2:
+        return [check(a, p, config) for a, p in zip(attempts, problems)]
+    with concurrent.futures.ThreadPoolExecutor(config.check_workers) as pool:
+        return list(pool.map(lambda pair: check(pair[0], pair[1], config), zip(attempts, problems)))
+
+
+def solve_with_feedback(
+    problems: Sequence[CodeProblem], model: CodeModel, config: CodeFeedbackConfig
+) -> list[tuple[Attempt | None, list[dict[str, Any]]]]:
+    """For each problem, the passing attempt (None when the revisions ran out) and every failed check on the way.
+
+    Rounds over the whole batch: the model writes every solution, then every test file; all are checked; the
+    failing ones go back to the model together with their feedback [4.3.1], up to ``max_revisions`` rounds.
+    """
+    solutions = model.solve(problems)
+    attempts = [Attempt(s, t) for s, t in zip(solutions, model.write_tests(problems, solutions))]
+    passed: list[Attempt | None] = [None] * len(problems)
+    histories: list[list[dict[str, Any]]] = [[] for _ in problems]
+    pending = list(range(len(problems)))
+    for revision in range(config.max_revisions + 1):
+        failures = check_all([attempts[i] for i in pending], [problems[i] for i in pending], config)
+        failed = []
+        for i, failure in zip(pending, failures):
+            if failure is None:
+                passed[i] = attempts[i]
+                continue
+            histories[i].append({"revision": revision, "reason": failure.reason, "detail": failure.detail})
+            failed.append((i, failure.feedback))
+        pending = [i for i, _ in failed]
+        if not pending or revision == config.max_revisions:
+            break
+        revised = model.revise([problems[i] for i in pending], [attempts[i] for i in pending], [f for _, f in failed])
+        for i, attempt in zip(pending, revised):
+            attempts[i] = attempt
+    return list(zip(passed, histories))
+
+
 def execution_feedback(
     problems: list[CodeProblem], model: CodeModel, config: CodeFeedbackConfig
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The kept SFT rows and the report of what was kept, dropped and why [4.3.1]."""
+    """The kept SFT rows (in problem order) and the report of what was kept, dropped and why [4.3.1]."""
+    runnable = [p for p in problems if p.language in LANGUAGES]
+    outcomes = dict(zip((p.id for p in runnable), solve_with_feedback(runnable, model, config)))
     rows: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
     for problem in problems:
-        if problem.language not in LANGUAGES:
+        if problem.id not in outcomes:
             why = f"language {problem.language!r} does not run here ({', '.join(LANGUAGES)} only)"
             dropped.append({"problem": problem.id, "reason": "unsupported_language", "detail": why, "history": []})
             continue
-        attempt, history = solve_with_feedback(model, problem, config)
+        attempt, history = outcomes[problem.id]
         if attempt is None:
             last = history[-1]
             dropped.append(
@@ -171,10 +205,13 @@ def execution_feedback(
             continue
         rows.append(sft_row(problem, attempt, len(history), model.name))
         kept.append({"problem": problem.id, "revisions": len(history), "history": history})
+    self_corrected = sum(k["revisions"] > 0 for k in kept)
     report = {
         "problems": len(problems),
         "rows_kept": len(rows),
-        "self_corrected": sum(k["revisions"] > 0 for k in kept),
+        # [4.3.1] "about 20% of solutions were initially incorrect but self-corrected".
+        "self_corrected": self_corrected,
+        "self_corrected_share": self_corrected / len(rows) if rows else 0.0,
         "model": model.name,
         "linter": linter_name(config.lint_select),
         "max_revisions": config.max_revisions,

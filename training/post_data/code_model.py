@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
@@ -52,21 +53,30 @@ class Attempt:
 
 
 class CodeModel(Protocol):
-    """What the execution-feedback loop asks of the model [4.3.1]."""
+    """What the execution-feedback loop asks of the model [4.3.1]; each call takes a batch of problems (one entry
+    per problem, answers in the same order), so an engine generates them together."""
 
     name: str
 
-    def solve(self, problem: CodeProblem) -> str:
-        """A solution (Python source) for ``problem``."""
+    def solve(self, problems: Sequence[CodeProblem]) -> list[str]:
+        """A solution (Python source) for each problem."""
         ...
 
-    def write_tests(self, problem: CodeProblem, solution: str) -> str:
-        """Unit tests (Python source) for ``solution``; the solution's names are in scope."""
+    def write_tests(self, problems: Sequence[CodeProblem], solutions: Sequence[str]) -> list[str]:
+        """Unit tests (Python source) for each solution; the solution's names are in scope."""
         ...
 
-    def revise(self, problem: CodeProblem, attempt: Attempt, feedback: str) -> Attempt:
-        """A revised attempt given the checker's ``feedback`` (the solution, the tests, or both changed)."""
+    def revise(
+        self, problems: Sequence[CodeProblem], attempts: Sequence[Attempt], feedback: Sequence[str]
+    ) -> list[Attempt]:
+        """A revised attempt for each failed one given the checker's feedback (solution, tests or both changed)."""
         ...
+
+
+def first_block(text: str) -> str:
+    """The first code block of a reply ('' when it has none)."""
+    blocks = code_blocks(text)
+    return blocks[0] if blocks else ""
 
 
 def code_blocks(text: str) -> list[str]:
@@ -104,28 +114,38 @@ class EngineCodeModel:
         )
         self.requests = 0  # each request gets its own seed (the engines seed by prompt index)
 
-    def reply(self, request: str) -> str:
-        """The model's reply to one user message."""
+    def reply(self, requests: Sequence[str]) -> list[str]:
+        """The model's replies to user messages, generated together by the engine."""
         from hf_llama3 import encode_dialog
 
-        ids = encode_dialog(self.tokenizer, [{"role": "user", "content": request}], add_generation_prompt=True)
-        [[sample]] = self.engine.generate([ids.input_ids], [self.requests], self.settings)
-        self.requests += 1
-        return self.tokenizer.decode(sample, skip_special_tokens=True).strip()
+        if not requests:
+            return []
+        prompts = [
+            encode_dialog(self.tokenizer, [{"role": "user", "content": r}], add_generation_prompt=True).input_ids
+            for r in requests
+        ]
+        indices = list(range(self.requests, self.requests + len(prompts)))
+        self.requests += len(prompts)
+        samples = self.engine.generate(prompts, indices, self.settings)
+        return [self.tokenizer.decode(sample, skip_special_tokens=True).strip() for [sample] in samples]
 
-    def solve(self, problem: CodeProblem) -> str:
-        blocks = code_blocks(self.reply(SOLVE_PROMPT.format(prompt=problem.prompt)))
-        return blocks[0] if blocks else ""
+    def solve(self, problems: Sequence[CodeProblem]) -> list[str]:
+        replies = self.reply([SOLVE_PROMPT.format(prompt=p.prompt) for p in problems])
+        return [first_block(reply) for reply in replies]
 
-    def write_tests(self, problem: CodeProblem, solution: str) -> str:
-        blocks = code_blocks(self.reply(TESTS_PROMPT.format(prompt=problem.prompt, solution=solution)))
-        return blocks[0] if blocks else ""
+    def write_tests(self, problems: Sequence[CodeProblem], solutions: Sequence[str]) -> list[str]:
+        requests = [TESTS_PROMPT.format(prompt=p.prompt, solution=s) for p, s in zip(problems, solutions)]
+        return [first_block(reply) for reply in self.reply(requests)]
 
-    def revise(self, problem: CodeProblem, attempt: Attempt, feedback: str) -> Attempt:
-        request = REVISE_PROMPT.format(
-            prompt=problem.prompt, solution=attempt.solution, tests=attempt.tests, feedback=feedback
-        )
-        blocks = code_blocks(self.reply(request))
-        if not blocks:
-            return attempt
-        return Attempt(blocks[0], blocks[1] if len(blocks) > 1 else attempt.tests)
+    def revise(
+        self, problems: Sequence[CodeProblem], attempts: Sequence[Attempt], feedback: Sequence[str]
+    ) -> list[Attempt]:
+        requests = [
+            REVISE_PROMPT.format(prompt=p.prompt, solution=a.solution, tests=a.tests, feedback=f)
+            for p, a, f in zip(problems, attempts, feedback)
+        ]
+        revised = []
+        for attempt, reply in zip(attempts, self.reply(requests)):
+            blocks = code_blocks(reply)
+            revised.append(Attempt(blocks[0], blocks[1] if len(blocks) > 1 else attempt.tests) if blocks else attempt)
+        return revised
