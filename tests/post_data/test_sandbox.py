@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,14 @@ def test_fork_bomb_and_processes_are_stopped():
     assert run_python("import os\nos.system('true')", SHORT).status == "forbidden"
     allowed = run_python("import subprocess\nsubprocess.run(['true']).returncode", SandboxLimits(processes=1))
     assert (allowed.status, allowed.value) == ("ok", "0")
+
+
+def test_processes_left_behind_are_killed_when_the_cell_ends(tmp_path):
+    limits = SandboxLimits(processes=1, wall_seconds=20)
+    result = run_python("import subprocess\nsubprocess.Popen(['sleep', '30']).pid", limits)
+    assert result.status == "ok" and result.seconds < limits.wall_seconds
+    cmdline = Path(f"/proc/{result.value}/cmdline")
+    assert not cmdline.exists() or "sleep" not in cmdline.read_text()  # killed with the group (a zombie has none)
 
 
 def test_endless_loop_hits_the_cpu_limit():

@@ -155,10 +155,14 @@ def _collect(process: subprocess.Popen, result_read: int, limits: SandboxLimits)
     selector.register(result_read, selectors.EVENT_READ, "result")
     deadline = time.monotonic() + limits.wall_seconds
     stopped_by = ""
+    drain_until = None  # once the interpreter has exited: what its leftover processes still hold open is drained
     while selector.get_map():
-        left = deadline - time.monotonic()
+        if drain_until is None and process.poll() is not None:
+            _kill_group(process)
+            drain_until = time.monotonic() + 1.0
+        left = (drain_until if drain_until is not None else deadline) - time.monotonic()
         if left <= 0:
-            stopped_by = "wall"
+            stopped_by = "" if drain_until is not None else "wall"
             break
         for key, _ in selector.select(timeout=min(left, 0.5)):
             fd = key.fd
