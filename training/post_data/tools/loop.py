@@ -1,8 +1,8 @@
 """The tool-use loop: the model calls tools, reads their results in ``ipython`` turns, and answers [4.3.5].
 
-From the paper: "the assistant [can] call tools within a multi-step trajectory ... the model [generates] the tool
-calls ... executed and returned ... (multi-step tool use)" and "Llama 3 ... [can] call multiple tools in
-parallel or in a nested way" [4.3.5]. One step of a trajectory is one generated assistant message:
+From the paper [4.3.5]: "If a query requires multiple tool calls, the model can write a step-by-step plan, call the
+tools in sequence, and do reasoning after each tool call"; its zero-shot data covers single, nested and parallel
+function calls. One step of a trajectory is one generated assistant message:
 
 - it is parsed with :func:`hf_llama3.chat_format.parse_assistant_message` (``<|python_tag|>`` code or
   ``brave_search.call(query="...")`` ending with ``<|eom_id|>``, a JSON call, ``<function=name>{...}</function>``);

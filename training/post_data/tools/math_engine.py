@@ -1,7 +1,7 @@
 """The math engine behind ``wolfram_alpha``: a natural-language math query answered with SymPy [4.3.5].
 
-The paper's third built-in tool is "Mathematical computational engine. Llama 3 can use the Wolfram Alpha API to
-more accurately solve complex mathematical problems" [4.3.5]. Without a Wolfram Alpha key this module answers the
+The paper's third core tool [4.3.5]: "Mathematical computational engine. Llama 3 can use the Wolfram Alpha API to
+more accurately solve math, science problems, or retrieve accurate information from Wolfram's database." Without a Wolfram Alpha key this module answers the
 queries such a model writes: ``solve x^2 - 4 = 0 for x``, ``integrate sin(x)^2 dx from 0 to pi``, ``derivative of
 x^3``, ``simplify ...``, ``factor ...``, ``expand ...``, ``limit ... as x -> 0``, or a plain expression (evaluated
 exactly and numerically). The answer is JSON shaped like a Wolfram Alpha result (``input`` interpretation and

@@ -1,8 +1,9 @@
 """The tool registry: built-in and custom tools by name, arguments checked against each tool's JSON schema [4.3.5].
 
-From the paper: "Llama 3 is trained to interact with the following tools: Search engine ... Python interpreter ...
-Mathematical computational engine ... In addition to these, ... Llama 3 [is trained] to generate tool calls in zero
-shot for tools unseen during training, given in-context, potentially unseen tool definitions" [4.3.5].
+From the paper [4.3.5]: "We implement our core tools as Python objects with different methods. Zero-shot tools can
+be implemented as Python functions with descriptions, documentation (i.e., examples for how to use them), and the
+model only needs the function's signature and docstring as context to generate the appropriate call. We also
+convert function definitions and calls to JSON format, e.g., for web API calls."
 
 A :class:`Tool` is a Python callable with a JSON schema in the shape transformers passes to chat templates
 (``{"type": "function", "function": {"name", "description", "parameters"}}``); a callable without a schema gets one

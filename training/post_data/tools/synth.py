@@ -1,9 +1,11 @@
 """``hf-llama3 post-data tools``: synthetic tool-use dialogs with real tool execution [4.3.5].
 
-From the paper: "we ... generate [tool-use data] synthetically ... prompt Llama 3 to generate user prompts that
-require calling tools ... then ... the model [is] prompted ... to call the tools ... execute ... and obtain the
-final answer"; "multi-step tool use ... the assistant call[s] tools ... [and] reason[s] after each tool call"; and
-for preference data "we ... collect ... trajectories ... and ... the best and worst ... for DPO" [4.3.5, 4.1.4].
+The paper's single- and multi-step tool datasets [4.3.5] are made this way: synthetic prompts that need a tool,
+the model's tool calls executed and their outputs added to its context, then the final answer ("system prompt, user
+prompt, tool call, tool output, final answer"), and "we also filter around 30% this dataset to remove tool calls
+that cannot be executed or other formatting issues". Its tool preferences come from annotators choosing between
+two assistant messages, and it reports no gain from rejection sampling on tool benchmarks; here, without
+annotators, the best and the worst of K scored trajectories stand in for that preference (a project choice).
 
 For every prompt the policy model runs ``num_trajectories`` tool-use loops
 (:func:`training.post_data.tools.loop.run_tool_loops`) with the real tools of
