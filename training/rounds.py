@@ -4,7 +4,10 @@ The paper runs 6 rounds; each collects new preference and SFT data with the late
 
 1. ``reward``: a reward model trained from the pre-trained checkpoint on all preference data so far [4.1.2];
 2. ``rejection_sampling``: K samples per prompt from the latest policy, best by reward kept as SFT data [4.2.2];
-3. ``sft``: the pre-trained checkpoint fine-tuned on those samples (plus the user's SFT data) [4.1.3];
+   then the recipe's ``post_data`` steps (quality control, long-context rows, ...) under ``post_data/<step>``
+   [4.2.3, 4.3] (:mod:`training.rounds_post_data`);
+3. ``sft``: the pre-trained checkpoint fine-tuned on those samples (plus the user's SFT data), or on the rows the
+   last post-data step wrote [4.1.3];
 4. ``preferences``: new pairs from the latest model, its samples ranked by the reward model (the stand-in for human
    annotators), or the round's user-supplied annotation file [4.1.6];
 5. ``dpo``: DPO from the SFT model on the newest preference batch, once per seed in ``dpo_seeds`` [4.1.4];
@@ -33,6 +36,15 @@ from typing import Any, ClassVar
 import torch
 
 from training.post_cli import build_config, load_rows, load_stage_config, stage_parser
+from training.rounds_post_data import (
+    PostDataEntry,
+    check_post_data,
+    ordered,
+    rooted,
+    rows_after,
+    run_post_data_step,
+    with_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +69,8 @@ class RoundsConfig:
         dpo_seeds: One DPO run per seed; more than one are averaged [4.1.5].
         kept_strengths: Preference strengths kept for reward modelling and DPO [4.2.1].
         eval_max_new_tokens: Length of the greedy answers scored in the evaluation.
+        post_data: Post-training data steps run between rejection sampling and SFT, each ``{step, when, config}``
+            (:mod:`training.rounds_post_data`) [4.2.3, 4.3].
         reward, rejection_sampling, sft, dpo: Overrides for each stage's config (any field of
             ``Llama3RewardConfig``, ``RejectionSamplingConfig``, ``Llama3SFTConfig``, ``Llama3DPOConfig``).
     """
@@ -73,6 +87,7 @@ class RoundsConfig:
     dpo_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     kept_strengths: list[str] = dataclasses.field(default_factory=lambda: ["significantly better", "better"])
     eval_max_new_tokens: int = 64
+    post_data: list[PostDataEntry] = dataclasses.field(default_factory=list)
     reward: dict[str, Any] = dataclasses.field(
         default_factory=dict, metadata={"schema": "training.reward:Llama3RewardConfig"}
     )
@@ -103,6 +118,7 @@ class RoundsConfig:
         for path in (self.base_model, self.prompts_path, self.preference_path, *self.sft_extra_paths):
             if not Path(path).exists():
                 raise FileNotFoundError(f"{path} does not exist (set in the rounds config).")
+        check_post_data(self.post_data, self.base_model)
 
 
 def run_step(folder: Path, fn: Callable[[Path], Any]) -> Path:
@@ -197,17 +213,39 @@ class RoundsRunner:
         reward_model = str(self.round_dir(r) / "reward" / "final")
         rejection_sample(self._rejection_config(out, policy, reward_model, seed=r), tokenizer=self.tokenizer)
 
+    def prepare_sft_rows(self, r: int) -> list[str]:
+        """Run round ``r``'s post-data steps (each skipped when done) and return the files its SFT trains on: the
+        rejection samples, through the ``after_rejection_sampling`` steps, plus the user's SFT data, through the
+        ``before_sft`` steps [4.2.3, 4.3]."""
+        models = {
+            "policy": self.policy_before(r),
+            "reward_model": str(self.round_dir(r) / "reward" / "final"),
+            "base_model": self.config.base_model,
+        }
+        entries = self.config.post_data
+        rows = [str(self.round_dir(r) / "rejection_sampling" / "sft.jsonl")]
+        for when in ("after_rejection_sampling", "before_sft"):
+            if when == "before_sft":
+                rows += list(self.config.sft_extra_paths)
+            for index, entry in ordered(entries, when):
+                folder = self.round_dir(r) / "post_data" / entry.step
+                run_step(folder, lambda out, e=entry, i=index, rows=rows: run_post_data_step(e, i, out, rows, models))
+                rows = rows_after(entry, folder, rows)
+        return with_rows(rows, f"{self.round_dir(r)}: SFT data") if entries else rows
+
     def train_sft(self, r: int, out: Path) -> None:
-        """[4.1.3] from the pre-trained checkpoint on this round's rejection samples and the user's SFT data."""
+        """[4.1.3] from the pre-trained checkpoint on this round's rejection samples and the user's SFT data, after
+        the recipe's post-data steps (:meth:`prepare_sft_rows`, run first)."""
         from training.sft import Llama3SFTConfig, train
 
+        first, *rest = self.prepare_sft_rows(r)
         config = self._stage_config(
             Llama3SFTConfig,
             self.config.sft,
             out,
             model_name_or_path=self.config.base_model,
-            dataset_path=str(self.round_dir(r) / "rejection_sampling" / "sft.jsonl"),
-            extra_dataset_paths=list(self.config.sft_extra_paths),
+            dataset_path=first,
+            extra_dataset_paths=rest,
         )
         train(config, self.tokenizer, resume=False)
 
@@ -354,6 +392,7 @@ def demo_round(base_model: str | Path, output_dir: str | Path, num_rounds: int =
     for key in ("prompts_path", "preference_path"):
         values[key] = str(repo / values[key])
     values["sft_extra_paths"] = [str(repo / p) for p in values["sft_extra_paths"]]
+    values["post_data"] = [rooted(entry, repo) for entry in values.get("post_data", [])]
     values |= {"base_model": str(base_model), "output_dir": str(output_dir), "num_rounds": num_rounds}
     return RoundsRunner(build_config(RoundsConfig, values, source="recipes/tiny/rounds.yaml")).run()
 

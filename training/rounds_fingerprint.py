@@ -5,7 +5,9 @@ the prompts or the preference data changed (or after a stage's settings changed)
 models and policies. ``<output_dir>/fingerprint.json`` (see :mod:`hf_llama3.run_fingerprint`) records at the
 first start the recipe and the content identity of every input file and of the base model folder; a rerun that
 differs is refused with what changed. ``num_rounds`` is not part of it: raising it continues a finished run with
-more rounds (each new round builds on the last), lowering it reports the rounds already there.
+more rounds (each new round builds on the last), lowering it reports the rounds already there. The ``post_data`` steps
+count with their settings (a step's YAML file by its contents) and the files they read
+(:mod:`training.rounds_post_data`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_llama3.run_fingerprint import check_fingerprint, inputs_identity, make_fingerprint
+from training.rounds_post_data import fingerprint_inputs, fingerprint_settings
 
 # Where, how far and how verbosely, not what: changing these keeps the run the same run.
 HOW_KEYS = ("output_dir", "num_rounds")
@@ -30,6 +33,10 @@ def rounds_settings(config: Any) -> dict[str, Any]:
     for stage in STAGES:
         for key in STAGE_HOW_KEYS:
             settings.get(stage, {}).pop(key, None)
+    # Absent when there are none, so runs recorded before post_data existed still resume.
+    settings.pop("post_data", None)
+    if config.post_data:
+        settings["post_data"] = fingerprint_settings(config.post_data)
     return settings
 
 
@@ -37,6 +44,7 @@ def rounds_inputs(config: Any) -> list[str]:
     """The base model folder and every data file the recipe names."""
     paths = [config.base_model, config.prompts_path, config.preference_path, *config.sft_extra_paths]
     paths += [p for p in [config.eval_prompts_path, *config.annotation_paths] if p]
+    paths += fingerprint_inputs(config.post_data)
     return [str(Path(p)) for p in paths]
 
 

@@ -1,4 +1,4 @@
-"""Iterative rounds [4.1.6]: the tiny recipe completes 2 rounds end to end and resumes after a kill."""
+"""Iterative rounds [4.1.6]: the tiny recipe (with its post-data steps) completes 2 rounds and resumes after a kill."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.post_training.conftest import tiny_causal_lm
+from training.rounds_post_data import rooted
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +29,7 @@ def _recipe(tmp_path: Path, tokenizer) -> Path:
     (tmp_path / "prompts.jsonl").write_text("\n".join(prompts) + "\n")
     recipe["prompts_path"] = str(tmp_path / "prompts.jsonl")
     recipe["sft_extra_paths"] = [str(REPO / p) for p in recipe["sft_extra_paths"]]
+    recipe["post_data"] = [rooted(entry, REPO) for entry in recipe["post_data"]]
     recipe |= {"base_model": str(base), "output_dir": str(tmp_path / "rounds")}
     recipe["rejection_sampling"]["max_new_tokens"] = 8
     for stage in ("reward", "sft", "dpo"):
@@ -59,11 +61,22 @@ def test_two_rounds_complete_and_resume_after_kill(tmp_path, tokenizer):
     first.send_signal(signal.SIGKILL)
     first.wait()
     reward_done = (out / "round_0" / "reward" / "DONE").stat().st_mtime
+    curate_done = (out / "round_0" / "post_data" / "curate" / "DONE").stat().st_mtime
 
     second = _cli(config)
     log, _ = second.communicate(timeout=600)
     assert second.returncode == 0, log[-3000:]
     assert (out / "round_0" / "reward" / "DONE").stat().st_mtime == reward_done  # finished steps are not redone
+    assert (out / "round_0" / "post_data" / "curate" / "DONE").stat().st_mtime == curate_done
+    for r in (0, 1):  # each round's SFT trained on the curated samples with the user's rows and long-context rows
+        post = out / f"round_{r}" / "post_data"
+        curated = [json.loads(line) for line in (post / "curate" / "rows.jsonl").read_text().splitlines()]
+        mixed = [json.loads(line) for line in (post / "long-context" / "rows.jsonl").read_text().splitlines()]
+        assert curated and all("curation" in row for row in curated)
+        assert sum("long_context" in row for row in mixed) == 1 and len(mixed) == len(curated) + 4 + 1
+        assert json.loads((out / f"round_{r}" / "sft" / "final" / "data_summary.json").read_text()) == {
+            "rows": len(mixed)
+        }
     summary = json.loads((out / "summary.json").read_text())
     assert [row["round"] for row in summary] == [0, 1]
     assert all(0.0 <= row["win_rate_vs_previous"] <= 1.0 for row in summary)

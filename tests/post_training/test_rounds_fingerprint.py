@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hf_llama3.cli import main as cli_main
@@ -59,3 +60,33 @@ def test_more_rounds_or_another_log_setting_continue_the_run(tmp_path, tokenizer
     values["num_rounds"] = 5
     values["sft"]["logging_steps"] = 7
     check_rounds_run(build_config(RoundsConfig, values))  # no error: same run, continued
+
+
+def test_changed_post_data_settings_or_documents_are_refused(tmp_path, tokenizer, capsys):
+    path = _recipe(tmp_path, tokenizer)
+    values = yaml.safe_load(path.read_text())
+    documents = tmp_path / "documents.jsonl"  # the long-context step's documents, read by every round
+    documents.write_text(Path(values["post_data"][1]["config"]["documents_path"]).read_text())
+    values["post_data"][1]["config"]["documents_path"] = str(documents)
+    path.write_text(yaml.safe_dump(values))
+    check_rounds_run(build_config(RoundsConfig, dict(values)))
+    before = _sandbox(tmp_path / "rounds")
+    capsys.readouterr()
+    assert cli_main(["rounds", "--config", str(path), "--set", "post_data.0.config.dedup_threshold=0.8"]) == 2
+    assert "recipe.post_data.curate.config.dedup_threshold: 0.9 -> 0.8" in capsys.readouterr().err
+    documents.write_text(documents.read_text() + json.dumps({"id": "new", "text": "A new document."}) + "\n")
+    assert cli_main(["rounds", "--config", str(path)]) == 2
+    assert "documents.jsonl]: contents changed" in capsys.readouterr().err
+    assert _sandbox(tmp_path / "rounds") == before
+
+
+def test_a_step_recipe_file_counts_by_its_contents(tmp_path, tokenizer):
+    _, values = _started_run(tmp_path, tokenizer)
+    long_context = values["post_data"][1]
+    recipe = tmp_path / "long_context.yaml"
+    recipe.write_text(yaml.safe_dump(long_context["config"]))
+    long_context["config"] = str(recipe)  # the same settings from a file: still the same run
+    check_rounds_run(build_config(RoundsConfig, values))
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()), "chunk_tokens": 32}))
+    with pytest.raises(ValueError, match=r"recipe.post_data.long-context.config.chunk_tokens: 64 -> 32"):
+        check_rounds_run(build_config(RoundsConfig, values))

@@ -1,0 +1,266 @@
+"""Post-training data steps inside a round [4.1.6, 4.2.3, 4.3]: the ``post_data:`` list of the rounds recipe.
+
+The paper curates and extends each round's SFT data before fine-tuning: rejection samples are quality-filtered and
+deduplicated [4.2.3], long-context [4.3.4], tool-use [4.3.5] and code [4.3.1] rows are mixed in. Each of those is an
+``hf-llama3 post-data <step>`` (:mod:`training.post_data.cli`) reading and writing SFT rows from its own recipe; here
+a round runs them between rejection sampling and SFT with the inputs and outputs wired by the round::
+
+    post_data:
+      - {step: curate, when: before_sft, config: recipes/tiny/curate.yaml}
+      - step: long-context
+        config: {documents_path: docs.jsonl, model_path: "{policy}", mix_ratio: 0.001}
+
+- ``when: after_rejection_sampling`` steps see the round's rejection samples alone (``rejection_sampling/sft.jsonl``);
+  then the user's ``sft_extra_paths`` join, and ``when: before_sft`` (the default) steps see that whole mix. Each group
+  runs in list order; the last rows are what the round's SFT trains on.
+- ``config`` is the step's YAML recipe (a path, relative to where the run starts) or the same keys inline. The round
+  sets the step's input and output keys (its ``RoundStep``); strings may name the round's models: ``{policy}`` (the
+  policy entering the round, which wrote the rejection samples), ``{reward_model}`` (this round's reward model) and
+  ``{base_model}``.
+- A step writes under ``round_<r>/post_data/<step>/``: ``rows.jsonl``, its report ``rows.report.json``, the config it
+  ran with (``config.json``) and, when it read several files, their merge (``input.jsonl``); the ``DONE`` marker of
+  :func:`training.rounds.run_step` keeps a rerun from repeating it.
+
+Plugging in a step (the contract): add one ``ROUND_STEPS`` entry naming, as ``"module:attribute"`` strings imported
+only when a recipe uses the step, its config dataclass and its run function ``run(config) -> report dict`` (which
+writes the rows at the output key and may write ``report_path(output)`` beside them), plus which config keys take the
+rows in (``rows_in``; ``None`` for a step that makes new rows, which are then added to the round's rows) and out
+(``rows_out``), and which keys name other input files (``reads``: fingerprinted with the run). A config's
+``__post_init__`` may check values but not that model folders exist: ``{reward_model}`` is made by the round itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+WHEN = ("after_rejection_sampling", "before_sft")
+# Keys that say where or on what device a step runs, not what it makes: left out of the run's fingerprint.
+HOW_KEYS = ("device",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundStep:
+    """How a round runs one post-data step (see the module docstring for the contract).
+
+    Args:
+        config_class: ``"module:Class"`` of the step's config dataclass.
+        run: ``"module:function"`` taking that config and returning its report.
+        rows_in: the config key the round sets to the rows so far; ``None``: the step makes new rows to add.
+        rows_out: the config key the round sets to the step's output (``rows.jsonl`` in its folder).
+        reads: config keys naming other input files or folders (a string or a list of them), fingerprinted.
+    """
+
+    config_class: str
+    run: str
+    rows_in: str | None
+    rows_out: str
+    reads: tuple[str, ...] = ()
+
+
+# step (as `hf-llama3 post-data <step>` names it) -> how a round runs it. "tools" and "code" add their line here.
+ROUND_STEPS: dict[str, RoundStep] = {
+    "curate": RoundStep(
+        "training.post_data.curate:CurateConfig",
+        "training.post_data.curate:curate",
+        rows_in="input_path",
+        rows_out="output_path",
+        reads=("tokenizer_path", "embedding_model_path"),
+    ),
+    "long-context": RoundStep(
+        "training.post_data.long_context:LongContextConfig",
+        "training.post_data.long_context:run",
+        rows_in="sft_path",
+        rows_out="output_path",
+        reads=("documents_path", "code_repos", "tokenizer_path"),
+    ),
+}
+
+
+@dataclasses.dataclass
+class PostDataEntry:
+    """One post-data step of a round.
+
+    Args:
+        step: the step's name, as ``hf-llama3 post-data <step>`` names it (one with a ``ROUND_STEPS`` entry).
+        when: ``after_rejection_sampling`` (on the rejection samples alone) or ``before_sft`` (on them and the user's
+            SFT data).
+        config: the step's YAML recipe (path) or its keys inline; ``{policy}``, ``{reward_model}`` and
+            ``{base_model}`` in strings name the round's models; the round sets the input and output keys.
+    """
+
+    step: str = ""
+    when: Literal["after_rejection_sampling", "before_sft"] = "before_sft"
+    config: str | dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def ordered(entries: list[PostDataEntry], when: str) -> list[tuple[int, PostDataEntry]]:
+    """``(index in the list, entry)`` of the entries that run at ``when``, in list order."""
+    return [(i, entry) for i, entry in enumerate(entries) if entry.when == when]
+
+
+def rooted(entry: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """A recipe's ``post_data`` entry (as YAML gives it) with its relative paths (a config file, or inline ``reads``
+    keys) made absolute under ``root``, for a recipe read from elsewhere than where it was written."""
+    entry = copy.deepcopy(dict(entry))
+    config = entry.get("config")
+    if isinstance(config, str):
+        entry["config"] = str(root / config)
+    elif isinstance(config, dict) and entry.get("step") in ROUND_STEPS:
+        for key in ROUND_STEPS[entry["step"]].reads:
+            value = config.get(key)
+            if isinstance(value, list):
+                config[key] = [str(root / v) if isinstance(v, str) and "{" not in v else v for v in value]
+            elif isinstance(value, str) and value and "{" not in value:
+                config[key] = str(root / value)
+    return entry
+
+
+def step_values(entry: PostDataEntry) -> dict[str, Any]:
+    """The step's settings as the recipe gives them: its YAML file read, or a copy of the inline mapping."""
+    if isinstance(entry.config, str):
+        from hf_llama3.recipe_loader import read_yaml
+
+        values = read_yaml(entry.config)
+        if not isinstance(values, dict):
+            raise ValueError(f"{entry.config}: a {entry.step} recipe must be a mapping of its config keys.")
+        return values
+    return copy.deepcopy(dict(entry.config))
+
+
+def substitute(value: Any, models: Mapping[str, str]) -> Any:
+    """``value`` with ``{policy}``/``{reward_model}``/``{base_model}`` in every string replaced by ``models``."""
+    if isinstance(value, str):
+        for name, path in models.items():
+            value = value.replace("{" + name + "}", path)
+        return value
+    if isinstance(value, list):
+        return [substitute(v, models) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, models) for k, v in value.items()}
+    return value
+
+
+def step_config(entry: PostDataEntry, models: Mapping[str, str], rows_in: str | None, rows_out: str, where: str):
+    """The step's config dataclass for one round: its settings, the round's models and its input/output wired;
+    a bad key is named under ``where`` (``post_data[1].config.mix_ratio``)."""
+    from hf_llama3.recipe_loader import build
+
+    spec = ROUND_STEPS[entry.step]
+    values = substitute(step_values(entry), models)
+    if spec.rows_in is not None:
+        values[spec.rows_in] = rows_in
+    values[spec.rows_out] = rows_out
+    return build(_resolve(spec.config_class), values, source="", where=where)
+
+
+def check_post_data(entries: list[PostDataEntry], base_model: str) -> None:
+    """Refuse, before anything trains, an unknown or repeated step, a missing config file or a bad config key."""
+    from training.post_data.cli import STEPS
+
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        key = f"post_data[{i}]"
+        if entry.step not in ROUND_STEPS:
+            unwired = (
+                f" ({entry.step!r} has no round wiring yet: add it to ROUND_STEPS)" if entry.step in STEPS else ""
+            )
+            raise ValueError(
+                f"{key}.step: unknown step {entry.step!r}{unwired}; known steps: {', '.join(sorted(ROUND_STEPS))}."
+            )
+        if entry.step in seen:
+            raise ValueError(f"{key}.step: {entry.step!r} is listed twice; a round runs each step once.")
+        seen.add(entry.step)
+        if isinstance(entry.config, str) and not Path(entry.config).is_file():
+            raise FileNotFoundError(f"{key}.config: {entry.config} does not exist; give the {entry.step} recipe.")
+        models = {"policy": base_model, "reward_model": "round_0/reward/final", "base_model": base_model}
+        step_config(entry, models, "rows_in.jsonl", "rows_out.jsonl", where=f"{key}.config")
+
+
+def fingerprint_settings(entries: list[PostDataEntry]) -> dict[str, Any]:
+    """Per step: its order, ``when`` and settings (the file's contents for a path), without the round-wired keys
+    and the how keys, so a changed setting is named (``post_data.curate.config.dedup_threshold: 0.9 -> 0.8``)."""
+    settings = {}
+    for i, entry in enumerate(entries):
+        spec = ROUND_STEPS[entry.step]
+        values = step_values(entry)
+        for key in (spec.rows_in, spec.rows_out, *HOW_KEYS):
+            values.pop(key, None)
+        settings[entry.step] = {"order": i, "when": entry.when, "config": values}
+    return settings
+
+
+def fingerprint_inputs(entries: list[PostDataEntry]) -> list[str]:
+    """The files and folders the steps read besides the round's rows (their ``reads`` keys), placeholders skipped."""
+    paths: list[str] = []
+    for entry in entries:
+        values = step_values(entry)
+        for key in ROUND_STEPS[entry.step].reads:
+            value = values.get(key)
+            for path in value if isinstance(value, list) else [value]:
+                if isinstance(path, str) and path and "{" not in path:
+                    paths.append(path)
+    return paths
+
+
+def as_dialog(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``prompt``/``completion`` row as a ``messages`` dialog (other columns kept), so rows of both formats can
+    share one file; a ``messages`` row as it is."""
+    if row.get("messages") or "completion" not in row:
+        return row
+    prompt, completion = row["prompt"], row["completion"]
+    prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    completion = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+    rest = {k: v for k, v in row.items() if k not in ("prompt", "completion", "messages")}
+    return {"messages": [*prompt, *completion], **rest}
+
+
+def merge_rows(paths: list[str], output: Path) -> Path:
+    """Every row of ``paths`` in one JSON-lines file (``prompt``/``completion`` rows turned into dialogs)."""
+    from training.post_data.curate import write_jsonl
+    from training.post_rows import load_rows
+
+    rows = [as_dialog(row) for path in paths for row in load_rows(path).to_list()]
+    write_jsonl(output, rows)
+    return output
+
+
+def with_rows(paths: list[str], where: str) -> list[str]:
+    """The files of ``paths`` that hold rows (a step may keep none); refused, naming ``where``, when none does."""
+    kept = [p for p in paths if Path(p).is_dir() or Path(p).read_text(encoding="utf-8").strip()]
+    if not kept:
+        raise ValueError(f"{where}: no SFT rows left ({', '.join(paths)} are empty); see the post-data reports.")
+    return kept
+
+
+def run_post_data_step(
+    entry: PostDataEntry, index: int, folder: Path, rows: list[str], models: Mapping[str, str]
+) -> dict[str, Any]:
+    """Run one step in ``folder`` on the round's ``rows`` (files); returns its report (also in ``rows.report.json``)."""
+    spec = ROUND_STEPS[entry.step]
+    rows_in = None
+    if spec.rows_in is not None:
+        rows = with_rows(rows, f"{folder}: input of post_data[{index}] ({entry.step})")
+        rows_in = rows[0] if len(rows) == 1 else str(merge_rows(rows, folder / "input.jsonl"))
+    config = step_config(entry, models, rows_in, str(folder / "rows.jsonl"), where=f"post_data[{index}].config")
+    from hf_llama3.checkpoint_io import atomic_output_file
+
+    with atomic_output_file(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n", encoding="utf-8")
+    return _resolve(spec.run)(config)
+
+
+def rows_after(entry: PostDataEntry, folder: Path, rows: list[str]) -> list[str]:
+    """The round's rows once ``entry`` has run in ``folder``: its output, or the rows so far plus the new ones."""
+    output = str(folder / "rows.jsonl")
+    return [output] if ROUND_STEPS[entry.step].rows_in is not None else [*rows, output]
