@@ -73,6 +73,7 @@ def print_turn(trajectory: Any, out: TextIO, as_json: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run ``hf-llama3 chat``."""
     from training.generation.engine import resolve_device
+    from training.post_cli import check_model_path
     from training.post_data.curate import load_causal_lm
     from training.post_data.tools.builtin import build_registry
     from training.post_data.tools.loop import ModelPolicy, run_tool_loop
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_steps < 1:
         raise CLIError(f"--max-steps must be at least 1, got {args.max_steps}.")
+    check_model_path(args.model, "--model")
     registry = build_registry(
         args.tools.split(","),
         search_index=args.search_index,

@@ -179,3 +179,5 @@ def test_chat_one_message_and_stdin_turns(model_dir, capsys, monkeypatch):
     assert len(turns) == 2
     assert main(["chat", "--model", str(model_dir), "--tools", "calculator", "--message", "hi"]) == 2
     assert "tool 'calculator': not a built-in tool" in capsys.readouterr().err
+    assert main(["chat", "--model", str(model_dir / "missing"), "--message", "hi"]) == 2
+    assert "--model: checkpoint folder" in capsys.readouterr().err

@@ -272,11 +272,15 @@ def run(config: ToolsConfig) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
     from training.generation.engine import resolve_device
+    from training.post_cli import check_model_path
     from training.post_data.curate import load_causal_lm, report_path, write_jsonl, write_report
     from training.post_data.tools.builtin import build_registry, sandbox_limits
     from training.post_data.tools.loop import ModelPolicy
 
     prompts = read_prompts(config.prompts_path, config.system_prompt)  # before the model loads
+    check_model_path(config.model_path, "model_path")
+    if config.reward_model_path:
+        check_model_path(config.reward_model_path, "reward_model_path")
     limits = sandbox_limits(cpu_seconds=config.sandbox_cpu_seconds, wall_seconds=config.sandbox_wall_seconds)
     registry = build_registry(
         config.tools,
