@@ -138,9 +138,11 @@ def test_custom_json_call_and_function_tag_call_render_as_written(registry):
     check_rendering(trajectory.messages, [json_call, "It is 9 degrees.<|eot_id|>"], registry)
     check_meta_parse(json_call, trajectory.messages[1])
     tag_call = '<function=get_weather>{"city": "Paris"}</function><|eot_id|>'
-    trajectory = run_tool_loop(ScriptedPolicy([tag_call, "21 degrees.<|eot_id|>"]), USER, registry)
+    tag_registry = ToolRegistry(registry.tools.values(), tool_prompt_format="function_tag")
+    trajectory = run_tool_loop(ScriptedPolicy([tag_call, "21 degrees.<|eot_id|>"]), USER, tag_registry)
     assert trajectory.outcome == "answered" and trajectory.calls[0].arguments == {"city": "Paris"}
     check_meta_parse(tag_call, trajectory.messages[1])
+    check_rendering(trajectory.messages, [tag_call, "21 degrees.<|eot_id|>"], tag_registry)
 
 
 def test_tool_errors_are_fed_back_and_bad_trajectories_end_with_their_reason(registry):

@@ -13,7 +13,7 @@ function calls. One step of a trajectory is one generated assistant message:
 Parallel calls: Llama 3.1's dialog carries one call per assistant turn (Meta's ``ToolUtils`` parses only the first
 of a list), so several independent calls in one message, written as a Python list ``[f(a=1), g(b="x")]`` (Meta's
 ``python_list`` format) or as several ``<function=...>`` tags, are all executed, one ``ipython`` turn each, and the
-message is kept as the text the model wrote. Nested calls (a call that needs a previous result) are consecutive
+message is kept as the text the model wrote (less a leading ``<|python_tag|>``). Nested calls (a call that needs a previous result) are consecutive
 steps: the later call is written after the earlier result is in the dialog.
 
 A trajectory ends ``answered``, or is stopped with the reason the synthetic-data step reports: ``unparseable_call``
