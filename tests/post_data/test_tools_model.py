@@ -158,6 +158,11 @@ def test_post_data_tools_step_writes_rows_pairs_and_report(tmp_path, model_dir):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     pairs = [json.loads(line) for line in (tmp_path / "tools.dpo.jsonl").read_text().splitlines()]
     assert len(rows) == report["sft_rows"] and len(pairs) == report["dpo_pairs"]
+    reward_dir = tmp_path / "reward"
+    tiny_reward_model(0).save_pretrained(reward_dir)
+    assert main(["tools", "--config", str(recipe), "--set", f"reward_model_path={reward_dir}"]) == 0
+    report = json.loads((tmp_path / "tools.report.json").read_text())
+    assert report["scored_by"] == f"reward_model:{reward_dir}" and report["trajectories"] == 4
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": [{"role": "assistant", "content": "hi"}]}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: row 0: field 'prompt' must be a string or messages"):
