@@ -6,17 +6,18 @@ deduplicated [4.2.3], long-context [4.3.4], tool-use [4.3.5] and code [4.3.1] ro
 a round runs them between rejection sampling and SFT with the inputs and outputs wired by the round::
 
     post_data:
-      - {step: curate, when: before_sft, config: recipes/tiny/curate.yaml}
+      - {step: curate, when: after_rejection_sampling, config: recipes/tiny/curate.yaml,
+         overrides: {judge_model_path: "{policy}", reward_model_path: "{reward_model}"}}
       - step: long-context
         config: {documents_path: docs.jsonl, model_path: "{policy}", mix_ratio: 0.001}
 
 - ``when: after_rejection_sampling`` steps see the round's rejection samples alone (``rejection_sampling/sft.jsonl``);
   then the user's ``sft_extra_paths`` join, and ``when: before_sft`` (the default) steps see that whole mix. Each group
   runs in list order; the last rows are what the round's SFT trains on.
-- ``config`` is the step's YAML recipe (a path, relative to where the run starts) or the same keys inline. The round
-  sets the step's input and output keys (its ``RoundStep``); strings may name the round's models: ``{policy}`` (the
-  policy entering the round, which wrote the rejection samples), ``{reward_model}`` (this round's reward model) and
-  ``{base_model}``.
+- ``config`` is the step's YAML recipe (a path, relative to where the run starts) or the same keys inline;
+  ``overrides`` sets keys over it (dotted keys reach sections, as ``--set`` does). The round sets the step's input and
+  output keys (its ``RoundStep``); strings may name the round's models: ``{policy}`` (the policy entering the round,
+  which wrote the rejection samples), ``{reward_model}`` (this round's reward model) and ``{base_model}``.
 - A step writes under ``round_<r>/post_data/<step>/``: ``rows.jsonl``, its report ``rows.report.json``, the config it
   ran with (``config.json``) and, when it read several files, their merge (``input.jsonl``); the ``DONE`` marker of
   :func:`training.rounds.run_step` keeps a rerun from repeating it.
@@ -25,7 +26,8 @@ Plugging in a step (the contract): add one ``ROUND_STEPS`` entry naming, as ``"m
 only when a recipe uses the step, its config dataclass and its run function ``run(config) -> report dict`` (which
 writes the rows at the output key and may write ``report_path(output)`` beside them), plus which config keys take the
 rows in (``rows_in``; ``None`` for a step that makes new rows, which are then added to the round's rows) and out
-(``rows_out``), and which keys name other input files (``reads``: fingerprinted with the run). A config's
+(``rows_out``; ``other_outputs`` for other files it writes), and which keys name other input files (``reads``:
+fingerprinted with the run). A config's
 ``__post_init__`` may check values but not that model folders exist: ``{reward_model}`` is made by the round itself.
 """
 
@@ -54,6 +56,7 @@ class RoundStep:
         rows_in: the config key the round sets to the rows so far; ``None``: the step makes new rows to add.
         rows_out: the config key the round sets to the step's output (``rows.jsonl`` in its folder).
         reads: config keys naming other input files or folders (a string or a list of them), fingerprinted.
+        other_outputs: ``(config key, file name)`` of other files the step writes, put in its folder too.
     """
 
     config_class: str
@@ -61,9 +64,10 @@ class RoundStep:
     rows_in: str | None
     rows_out: str
     reads: tuple[str, ...] = ()
+    other_outputs: tuple[tuple[str, str], ...] = ()
 
 
-# step (as `hf-llama3 post-data <step>` names it) -> how a round runs it. "tools" and "code" add their line here.
+# step (as `hf-llama3 post-data <step>` names it) -> how a round runs it; a new step adds its line here.
 ROUND_STEPS: dict[str, RoundStep] = {
     "curate": RoundStep(
         "training.post_data.curate:CurateConfig",
@@ -79,6 +83,23 @@ ROUND_STEPS: dict[str, RoundStep] = {
         rows_out="output_path",
         reads=("documents_path", "code_repos", "tokenizer_path"),
     ),
+    # New rows added to the round's: code kept by execution feedback [4.3.1], tool-use dialogs [4.3.5] (its DPO
+    # pairs stay beside its rows, ``rows.dpo.jsonl``; the round's DPO trains on the round's preferences).
+    "code": RoundStep(
+        "training.post_data.code_feedback:CodeFeedbackConfig",
+        "training.post_data.code_feedback:run",
+        rows_in=None,
+        rows_out="output_path",
+        reads=("problems_path", "tokenizer_path"),
+    ),
+    "tools": RoundStep(
+        "training.post_data.tools.synth:ToolsConfig",
+        "training.post_data.tools.synth:run",
+        rows_in=None,
+        rows_out="output_path",
+        reads=("prompts_path", "search_index", "tokenizer_path"),
+        other_outputs=(("dpo_output_path", "rows.dpo.jsonl"),),
+    ),
 }
 
 
@@ -92,11 +113,13 @@ class PostDataEntry:
             SFT data).
         config: the step's YAML recipe (path) or its keys inline; ``{policy}``, ``{reward_model}`` and
             ``{base_model}`` in strings name the round's models; the round sets the input and output keys.
+        overrides: keys set over ``config`` (dotted keys reach sections), e.g. a recipe file's model path.
     """
 
     step: str = ""
     when: Literal["after_rejection_sampling", "before_sft"] = "before_sft"
     config: str | dict[str, Any] = dataclasses.field(default_factory=dict)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _resolve(target: str) -> Any:
@@ -113,29 +136,33 @@ def rooted(entry: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """A recipe's ``post_data`` entry (as YAML gives it) with its relative paths (a config file, or inline ``reads``
     keys) made absolute under ``root``, for a recipe read from elsewhere than where it was written."""
     entry = copy.deepcopy(dict(entry))
-    config = entry.get("config")
-    if isinstance(config, str):
-        entry["config"] = str(root / config)
-    elif isinstance(config, dict) and entry.get("step") in ROUND_STEPS:
-        for key in ROUND_STEPS[entry["step"]].reads:
-            value = config.get(key)
+    if isinstance(entry.get("config"), str):
+        entry["config"] = str(root / entry["config"])
+    reads = ROUND_STEPS[entry["step"]].reads if entry.get("step") in ROUND_STEPS else ()
+    for section in (entry.get("config"), entry.get("overrides")):
+        for key in reads if isinstance(section, dict) else ():
+            value = section.get(key)
             if isinstance(value, list):
-                config[key] = [str(root / v) if isinstance(v, str) and "{" not in v else v for v in value]
+                section[key] = [str(root / v) if isinstance(v, str) and "{" not in v else v for v in value]
             elif isinstance(value, str) and value and "{" not in value:
-                config[key] = str(root / value)
+                section[key] = str(root / value)
     return entry
 
 
 def step_values(entry: PostDataEntry) -> dict[str, Any]:
-    """The step's settings as the recipe gives them: its YAML file read, or a copy of the inline mapping."""
-    if isinstance(entry.config, str):
-        from hf_llama3.recipe_loader import read_yaml
+    """The step's settings as the recipe gives them: its YAML file read (or a copy of the inline mapping), then
+    ``overrides`` set over them."""
+    from hf_llama3.recipe_loader import read_yaml, set_dotted
 
+    if isinstance(entry.config, str):
         values = read_yaml(entry.config)
         if not isinstance(values, dict):
             raise ValueError(f"{entry.config}: a {entry.step} recipe must be a mapping of its config keys.")
-        return values
-    return copy.deepcopy(dict(entry.config))
+    else:
+        values = copy.deepcopy(dict(entry.config))
+    for key, value in entry.overrides.items():
+        set_dotted(values, key, copy.deepcopy(value))
+    return values
 
 
 def substitute(value: Any, models: Mapping[str, str]) -> Any:
@@ -161,6 +188,8 @@ def step_config(entry: PostDataEntry, models: Mapping[str, str], rows_in: str | 
     if spec.rows_in is not None:
         values[spec.rows_in] = rows_in
     values[spec.rows_out] = rows_out
+    for key, name in spec.other_outputs:
+        values[key] = str(Path(rows_out).with_name(name))
     return build(_resolve(spec.config_class), values, source="", where=where)
 
 
@@ -194,7 +223,7 @@ def fingerprint_settings(entries: list[PostDataEntry]) -> dict[str, Any]:
     for i, entry in enumerate(entries):
         spec = ROUND_STEPS[entry.step]
         values = step_values(entry)
-        for key in (spec.rows_in, spec.rows_out, *HOW_KEYS):
+        for key in (spec.rows_in, spec.rows_out, *(key for key, _ in spec.other_outputs), *HOW_KEYS):
             values.pop(key, None)
         settings[entry.step] = {"order": i, "when": entry.when, "config": values}
     return settings

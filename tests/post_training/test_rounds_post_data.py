@@ -13,7 +13,7 @@ from hf_llama3.cli import main as cli_main
 from tests.post_training.conftest import tiny_reward_model
 from training.post_cli import build_config
 from training.rounds import RoundsConfig, RoundsRunner, run_step
-from training.rounds_post_data import as_dialog, with_rows
+from training.rounds_post_data import as_dialog, rows_after, with_rows
 
 from .test_rounds import REPO, _recipe
 
@@ -34,14 +34,14 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("step", ["nope", "tools"])
+@pytest.mark.parametrize("step", ["nope", "dedup"])
 def test_unknown_step_is_one_line_naming_the_key_and_the_known_steps(tmp_path, tokenizer, capsys, step):
     path = _recipe(tmp_path, tokenizer)
     capsys.readouterr()  # the tiny model's save progress
     assert cli_main(["rounds", "--config", str(path), "--set", f"post_data.1.step={step}"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("hf-llama3 rounds: error: post_data[1].step: unknown step")
-    assert f"{step!r}" in line and "known steps: curate, long-context" in line
+    assert f"{step!r}" in line and "known steps: code, curate, long-context, tools" in line
     assert not (tmp_path / "rounds").exists()
 
 
@@ -117,3 +117,34 @@ def test_recipes_name_wired_steps_with_the_papers_numbers():
         curate, long_context = (entry.config for entry in entries)
         assert curate["reward_top_fraction"] == 0.25 and long_context["mix_ratio"] == 0.001  # [4.2.3], [4.3.4]
     assert (long_context["chunk_tokens"], long_context["min_dependents"]) == (8192, 5)  # [4.3.4]
+
+
+def test_code_and_tools_steps_from_their_recipe_files_add_rows_written_in_the_step_folder(tmp_path):
+    from hf_llama3.recipe_loader import build
+    from training.rounds_post_data import PostDataEntry, check_post_data, fingerprint_inputs, rooted, step_config
+
+    entries = [
+        build(PostDataEntry, rooted({"step": step, "config": f"recipes/tiny/{step}.yaml", "overrides": over}, REPO))
+        for step, over in (
+            ("code", {"model_path": "{policy}", "sandbox.cpu_seconds": 2}),
+            ("tools", {"model_path": "{policy}", "reward_model_path": "{reward_model}"}),
+        )
+    ]
+    check_post_data(entries, "base")
+    models = {"policy": "round_1/policy_in", "reward_model": "round_1/reward/final", "base_model": "base"}
+    code = step_config(entries[0], models, None, str(tmp_path / "code" / "rows.jsonl"), where="post_data[0].config")
+    assert (code.model_path, code.sandbox.cpu_seconds, code.output_path) == (
+        "round_1/policy_in",
+        2,
+        str(tmp_path / "code" / "rows.jsonl"),
+    )
+    tools = step_config(entries[1], models, None, str(tmp_path / "tools" / "rows.jsonl"), where="post_data[1].config")
+    assert (tools.model_path, tools.reward_model_path) == ("round_1/policy_in", "round_1/reward/final")
+    assert tools.dpo_path == tmp_path / "tools" / "rows.dpo.jsonl"  # its DPO pairs stay in the step folder
+    assert fingerprint_inputs(entries) == [  # as the recipe files name them (relative to where the run starts)
+        "recipes/tiny/post_training/code_problems.jsonl",
+        "recipes/tiny/post_training/prompts.jsonl",
+        "recipes/tiny/post_training/search_index.jsonl",
+    ]
+    rows = ["round_1/rejection_sampling/sft.jsonl", "user.jsonl"]
+    assert rows_after(entries[0], tmp_path / "code", rows) == [*rows, str(tmp_path / "code" / "rows.jsonl")]
