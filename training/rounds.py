@@ -37,6 +37,7 @@ import torch
 
 from training.post_cli import build_config, load_rows, load_stage_config, stage_parser
 from training.rounds_post_data import (
+    WHEN,
     PostDataEntry,
     check_post_data,
     ordered,
@@ -224,7 +225,7 @@ class RoundsRunner:
         }
         entries = self.config.post_data
         rows = [str(self.round_dir(r) / "rejection_sampling" / "sft.jsonl")]
-        for when in ("after_rejection_sampling", "before_sft"):
+        for when in WHEN:
             if when == "before_sft":
                 rows += list(self.config.sft_extra_paths)
             for index, entry in ordered(entries, when):

@@ -27,8 +27,8 @@ only when a recipe uses the step, its config dataclass and its run function ``ru
 writes the rows at the output key and may write ``report_path(output)`` beside them), plus which config keys take the
 rows in (``rows_in``; ``None`` for a step that makes new rows, which are then added to the round's rows) and out
 (``rows_out``; ``other_outputs`` for other files it writes), and which keys name other input files (``reads``:
-fingerprinted with the run). A config's
-``__post_init__`` may check values but not that model folders exist: ``{reward_model}`` is made by the round itself.
+fingerprinted with the run). A config's ``__post_init__`` may check values but not that model folders exist:
+``{reward_model}`` is made by the round itself.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+# When steps run, in order: on the rejection samples alone, then on them with the user's SFT data.
 WHEN = ("after_rejection_sampling", "before_sft")
 # Keys that say where or on what device a step runs, not what it makes: left out of the run's fingerprint.
 HOW_KEYS = ("device",)
@@ -264,9 +265,15 @@ def merge_rows(paths: list[str], output: Path) -> Path:
     return output
 
 
+def _has_rows(path: Path) -> bool:
+    """Whether a file holds anything but whitespace (read up to its first non-blank line)."""
+    with path.open("rb") as handle:
+        return any(line.strip() for line in handle)
+
+
 def with_rows(paths: list[str], where: str) -> list[str]:
     """The files of ``paths`` that hold rows (a step may keep none); refused, naming ``where``, when none does."""
-    kept = [p for p in paths if Path(p).is_dir() or Path(p).read_text(encoding="utf-8").strip()]
+    kept = [p for p in paths if Path(p).is_dir() or _has_rows(Path(p))]
     if not kept:
         raise ValueError(f"{where}: no SFT rows left ({', '.join(paths)} are empty); see the post-data reports.")
     return kept
@@ -276,14 +283,14 @@ def run_post_data_step(
     entry: PostDataEntry, index: int, folder: Path, rows: list[str], models: Mapping[str, str]
 ) -> dict[str, Any]:
     """Run one step in ``folder`` on the round's ``rows`` (files); returns its report (also in ``rows.report.json``)."""
+    from hf_llama3.checkpoint_io import atomic_output_file
+
     spec = ROUND_STEPS[entry.step]
     rows_in = None
     if spec.rows_in is not None:
         rows = with_rows(rows, f"{folder}: input of post_data[{index}] ({entry.step})")
         rows_in = rows[0] if len(rows) == 1 else str(merge_rows(rows, folder / "input.jsonl"))
     config = step_config(entry, models, rows_in, str(folder / "rows.jsonl"), where=f"post_data[{index}].config")
-    from hf_llama3.checkpoint_io import atomic_output_file
-
     with atomic_output_file(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n", encoding="utf-8")
     return _resolve(spec.run)(config)
