@@ -39,7 +39,13 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
 from training.post_cli import StageInputs
-from training.post_rows import PreferenceHygiene, clean_ranked_rows, encode_prompt_and_responses, raise_for_problems
+from training.post_rows import (
+    PreferenceHygiene,
+    clean_ranked_rows,
+    dialog_options,
+    encode_prompt_and_responses,
+    raise_for_problems,
+)
 from training.safety.mix import SafetyMixInputs, mix_from_config
 
 logger = logging.getLogger(__name__)
@@ -129,7 +135,8 @@ def prepare_dpo_rows(
         return kept.select_columns(keep), summary | {"pairs": len(kept)}
     pairs, origins = [], []
     for index, prompt, responses in rows:
-        prompt_ids, response_ids, masks = encode_prompt_and_responses(tokenizer, prompt, responses)
+        options = dialog_options(dataset[index])  # the tools a tool-use pair declares [4.3.5]
+        prompt_ids, response_ids, masks = encode_prompt_and_responses(tokenizer, prompt, responses, **options)
         for better in range(len(responses)):
             for worse in range(better + 1, len(responses)):
                 pair = {

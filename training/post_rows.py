@@ -20,7 +20,7 @@ import dataclasses
 import difflib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +140,42 @@ def is_empty(value: Any) -> bool:
     return not value
 
 
-def dialog_problem(messages: Any) -> str | None:
-    """Why a message list is not a Llama 3.1 dialog (unknown role, non-text content...), or None when it is."""
+# Columns of a row that say how its dialog renders (hf_llama3.chat_format.DialogOptions): the tools a tool-use
+# dialog declares [4.3.5] (`hf-llama3 post-data tools` writes them beside `messages`), their call format, the date.
+DIALOG_OPTION_COLUMNS = ("builtin_tools", "tools", "tool_prompt_format", "date_string")
+
+
+def _without_nulls(value: Any) -> Any:
+    """``value`` less the ``None`` entries of its dicts: datasets reads the JSON objects of a column as one struct
+    whose absent keys come back as ``None`` (a tool schema never holds a null)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def dialog_options(row: Any) -> dict[str, Any]:
+    """The rendering options a row carries (``DIALOG_OPTION_COLUMNS``, unset ones left out); ``tools`` may be a
+    list of JSON schemas or that list as a JSON string (what TRL's SFT reads)."""
+    options = {}
+    for key in DIALOG_OPTION_COLUMNS:
+        value = row.get(key) if isinstance(row, Mapping) else None  # a dict, or datasets' lazy row in map()
+        if value is None:
+            continue
+        if key == "tools":
+            value = _without_nulls(json.loads(value) if isinstance(value, str) else value)
+        options[key] = value
+    return options
+
+
+def dialog_problem(messages: Any, **options: Any) -> str | None:
+    """Why a message list is not a Llama 3.1 dialog (unknown role, non-text content, a call to an undeclared
+    tool...) under ``options`` (:func:`dialog_options`), or None when it is."""
     from hf_llama3.chat_format import DialogError, render_dialog
 
     try:
-        render_dialog(messages)
+        render_dialog(messages, **options)
     except DialogError as err:
         return str(err)
     return None
@@ -200,12 +230,24 @@ def find_bad_ranked_rows(dataset, max_responses: int = 3) -> list[str]:
         problems += [f"row {index}: empty {field}" for field, r in zip(fields, responses) if is_empty(r)]
         if tokenized or is_empty(prompt):
             continue
-        problems += _format_problems(index, prompt, responses, fields)
+        problems += _format_problems(index, prompt, responses, fields, dialog_options(row))
     return problems
 
 
-def _format_problems(index: int, prompt: Any, responses: Sequence[Any], fields: Sequence[str]) -> list[str]:
-    """Chat prompts must be valid dialogs; plain-text prompts take plain-text responses (no formatting to mask)."""
+def _is_response_turns(response: Any) -> bool:
+    """A response as messages: assistant turns, with the ``ipython`` results of its tool calls after them [4.3.5]
+    (a rejected trajectory may stop after a call); it starts with the assistant."""
+    if not isinstance(response, list) or not response or not all(isinstance(m, Mapping) for m in response):
+        return False
+    roles = [m.get("role") for m in response]
+    return roles[0] == "assistant" and set(roles) <= {"assistant", "ipython", "tool"}
+
+
+def _format_problems(
+    index: int, prompt: Any, responses: Sequence[Any], fields: Sequence[str], options: dict[str, Any]
+) -> list[str]:
+    """Chat prompts must be valid dialogs (under the row's ``options``); plain-text prompts take plain-text
+    responses (no formatting to mask)."""
     if isinstance(prompt, str):
         return [
             f"row {index}: {field} is a message list but the prompt is plain text; give both as chat messages "
@@ -215,19 +257,20 @@ def _format_problems(index: int, prompt: Any, responses: Sequence[Any], fields: 
         ]
     if not isinstance(prompt, list):
         return [f"row {index}: prompt is {type(prompt).__name__}; give chat messages or text"]
-    problem = dialog_problem(prompt)
+    problem = dialog_problem(prompt, **options)
     if problem:
         return [f"row {index}: prompt: {problem}"]
     problems = []
     for field, response in zip(fields, responses):
         if isinstance(response, str):
             continue
-        if not isinstance(response, list) or any(
-            not isinstance(m, dict) or m.get("role") != "assistant" for m in response
-        ):
-            problems.append(f"row {index}: {field} must be text or assistant messages (role 'assistant')")
+        if not _is_response_turns(response):
+            problems.append(
+                f"row {index}: {field} must be text or assistant messages (role 'assistant'; a tool-use response "
+                "may hold the 'ipython' results of its calls)"
+            )
             continue
-        problem = dialog_problem(list(prompt) + list(response))
+        problem = dialog_problem(list(prompt) + list(response), **options)
         if problem:
             problems.append(f"row {index}: {field}: {problem}")
     return problems
@@ -285,14 +328,15 @@ def drop_similar_responses(responses: Sequence[Any], ratio: float = SIMILAR_RESP
 
 
 def encode_prompt_and_responses(
-    tokenizer, prompt: Any, responses: Sequence[Any]
+    tokenizer, prompt: Any, responses: Sequence[Any], **options: Any
 ) -> tuple[list[int], list[list[int]], list[list[int]]]:
     """Token ids of a prompt, of each response continuing it, and each response's formatting mask.
 
     Chat prompts (lists of messages) are encoded with ``hf_llama3.encode_dialog`` (the Llama 3.1 dialog format,
     ending with the assistant header); each response is the rest of the encoded conversation: its content and
     ``<|eot_id|>``, whose formatting mask marks header and termination tokens [4.1.4]. Plain-text prompts get
-    ``<|begin_of_text|>`` and each response ends with the EOS token, its only formatting token.
+    ``<|begin_of_text|>`` and each response ends with the EOS token, its only formatting token. ``options`` are
+    the row's dialog options (:func:`dialog_options`: declared tools...).
     """
     from hf_llama3 import encode_dialog
 
@@ -301,23 +345,25 @@ def encode_prompt_and_responses(
         eos = tokenizer.eos_token_id
         ids = [[*tokenizer(r, add_special_tokens=False).input_ids, eos] for r in responses]
         return prompt_ids, ids, [[0] * (len(r) - 1) + [1] for r in ids]
-    prompt_ids = encode_dialog(tokenizer, prompt, add_generation_prompt=True).input_ids
+    prompt_ids = encode_dialog(tokenizer, prompt, add_generation_prompt=True, **options).input_ids
     response_ids, masks = [], []
     for response in responses:
         message = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
-        full = encode_dialog(tokenizer, list(prompt) + list(message))
+        full = encode_dialog(tokenizer, list(prompt) + list(message), **options)
         if full.input_ids[: len(prompt_ids)] != prompt_ids:
             raise ValueError("The dialog encodes the prompt differently with and without a response.")
         response_ids.append(full.input_ids[len(prompt_ids) :])
-        masks.append(list(full.formatting_mask[len(prompt_ids) :]))
+        # Masked: formatting tokens [4.1.4] and, in a tool-use response, the ipython turns (tool output is not the
+        # policy's to score): the complement of the tokens DPO scores.
+        masks.append([1 - scored for scored in full.dpo_loss_mask[len(prompt_ids) :]])
     return prompt_ids, response_ids, masks
 
 
 def tokenize_prompt_and_responses(
-    tokenizer, prompt: Any, responses: Sequence[Any]
+    tokenizer, prompt: Any, responses: Sequence[Any], **options: Any
 ) -> tuple[list[int], list[list[int]]]:
     """Token ids of a prompt and of each response continuing it (:func:`encode_prompt_and_responses` less masks)."""
-    prompt_ids, response_ids, _ = encode_prompt_and_responses(tokenizer, prompt, responses)
+    prompt_ids, response_ids, _ = encode_prompt_and_responses(tokenizer, prompt, responses, **options)
     return prompt_ids, response_ids
 
 

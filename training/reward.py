@@ -38,6 +38,7 @@ from training.post_rows import (  # noqa: F401  (ranked_responses, tokenize_prom
     PROMPT_SEGMENT,
     PreferenceHygiene,
     clean_ranked_rows,
+    dialog_options,
     load_rows,
     pack_ranked_row,
     raise_for_problems,
@@ -243,7 +244,8 @@ def prepare_reward_rows(
         if "prompt_ids" in dataset.column_names:
             prompt_ids, response_ids = list(prompt), [list(r) for r in responses]
         else:
-            prompt_ids, response_ids = tokenize_prompt_and_responses(tokenizer, prompt, responses)
+            options = dialog_options(dataset[index])  # the tools a tool-use dialog declares [4.3.5]
+            prompt_ids, response_ids = tokenize_prompt_and_responses(tokenizer, prompt, responses, **options)
         order = list(range(len(response_ids)))
         if config.shuffle_responses:
             random.Random(config.seed * 1_000_003 + index).shuffle(order)

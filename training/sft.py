@@ -17,13 +17,16 @@ SFT data, with the cross-entropy on target tokens only (the prompt masked) at le
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Json, List, concatenate_datasets
 from trl import SFTConfig, SFTTrainer
 
 from training.post_cli import StageInputs, load_rows
+from training.post_rows import DIALOG_OPTION_COLUMNS
 from training.safety.mix import SafetyMixInputs, mix_from_config
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ class Llama3SFTConfig(SFTConfig, StageInputs, SafetyMixInputs):
 
 def check_sft_rows(dataset: Dataset, name: str = "SFT dataset") -> None:
     """Report malformed rows by number: wrong columns, no assistant turn, empty turns, messages that are no dialog."""
-    from training.post_rows import dialog_problem, raise_for_problems
+    from training.post_rows import dialog_options, dialog_problem, raise_for_problems
 
     columns = set(dataset.column_names)
     if "messages" not in columns and not {"prompt", "completion"} <= columns:
@@ -77,7 +80,7 @@ def check_sft_rows(dataset: Dataset, name: str = "SFT dataset") -> None:
                 for k, m in enumerate(messages)
                 if isinstance(m, dict) and not str(m.get("content") or "").strip() and not m.get("tool_calls")
             ]
-            problem = dialog_problem(messages) if messages else None
+            problem = dialog_problem(messages, **dialog_options(row)) if messages else None
             if problem:
                 problems.append(f"row {index}: messages: {problem}")
         else:
@@ -87,14 +90,48 @@ def check_sft_rows(dataset: Dataset, name: str = "SFT dataset") -> None:
     raise_for_problems(problems, name)
 
 
+# How TRL's SFT tokenization reads a row's rendering options: `tools` (JSON schemas, as a JSON string) and
+# `chat_template_kwargs` (passed to the chat template: builtin_tools, tool_prompt_format, date_string).
+TRL_OPTION_COLUMNS = ("tools", "chat_template_kwargs")
+
+
+def with_dialog_options(dataset: Dataset) -> Dataset:
+    """Dialog rows with their options (``training.post_rows.dialog_options``: the tools a tool-use dialog
+    declares [4.3.5]) in the columns TRL passes to the chat template; every row gets both columns, so files with
+    and without tools concatenate."""
+    from training.post_rows import dialog_options
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        options = dialog_options(row)
+        tools = options.pop("tools", None)
+        kwargs = {key: options.get(key) for key in ("builtin_tools", "tool_prompt_format", "date_string")}
+        return {"tools": json.dumps(tools) if tools else None, "chat_template_kwargs": kwargs}
+
+    dropped = [c for c in dataset.column_names if c in DIALOG_OPTION_COLUMNS]
+    return dataset.map(convert, remove_columns=dropped)
+
+
 def load_sft_dataset(config: Llama3SFTConfig) -> Dataset:
     """``dataset_path`` and ``extra_dataset_paths`` checked, concatenated and shuffled with ``seed``."""
-    parts = []
+    loaded = []
     for path in [config.dataset_path, *config.extra_dataset_paths]:
         part = load_rows(path)
         check_sft_rows(part, name=str(path))
-        keep = [c for c in ("messages", "prompt", "completion", "tools") if c in part.column_names]
+        loaded.append(part)
+    # Tool-use dialogs carry their declared tools; then every dialog file gets the option columns (concatenation).
+    tool_use = any(set(DIALOG_OPTION_COLUMNS) & set(part.column_names) for part in loaded)
+    parts = []
+    for part in loaded:
+        if tool_use and "messages" in part.column_names:
+            part = with_dialog_options(part)
+        keep = [c for c in ("messages", "prompt", "completion", *TRL_OPTION_COLUMNS) if c in part.column_names]
         parts.append(part.select_columns(keep))
+    if len({str(part.features.get("messages")) for part in parts}) > 1:
+        # datasets reads a file of uniform messages as structs and one of varied messages (tool calls) as JSON
+        # objects; concatenation needs one type: JSON objects hold both.
+        parts = [
+            part.cast_column("messages", List(Json())) if "messages" in part.column_names else part for part in parts
+        ]
     dataset = concatenate_datasets(parts).shuffle(seed=config.seed) if len(parts) > 1 else parts[0]
     return mix_from_config(dataset, config, seed=config.seed)  # [5.4.3] adversarial + borderline rows, when set
 
@@ -107,7 +144,12 @@ def make_trainer(config: Llama3SFTConfig, model, tokenizer, train_dataset: Datas
     if config.max_length is not None and "messages" in train_dataset.column_names:
         too_long = []
         for index, row in enumerate(train_dataset):
-            n = len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+            tools = json.loads(row["tools"]) if row.get("tools") else None
+            options = row.get("chat_template_kwargs") or {}
+            ids = tokenizer.apply_chat_template(
+                row["messages"], tools=tools, tokenize=True, return_dict=True, **options
+            )
+            n = len(ids["input_ids"])
             if n > config.max_length:
                 too_long.append(f"row {index}: {n} tokens")
         raise_for_problems(too_long, f"SFT dataset (max_length={config.max_length})")
