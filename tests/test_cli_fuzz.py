@@ -27,6 +27,7 @@ import pytest
 from hf_llama3 import cli_types
 from hf_llama3.cli import COMMANDS, main
 from hf_llama3.recipe_loader import field_meta
+from training.post_data.cli import STEPS as POST_DATA_STEPS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -59,9 +60,13 @@ RECIPE_COMMANDS: dict[str, tuple[list[str], str]] = {
         ["scaling-law", "sweep", "--config", str(RECIPES / "tiny" / "isoflops.yaml")],
         "training.isoflops:IsoFLOPsConfig",
     ),
+    "post-data": (
+        ["post-data", "curate", "--config", str(RECIPES / "tiny" / "curate.yaml")],
+        "training.post_data.curate:CurateConfig",
+    ),
 }
 # Subcommands without a recipe (their flags are argparse-typed: fuzzed by test_bad_flag_values_exit_2_with_one_line).
-NO_RECIPE = {"convert", "quantize", "demo", "train-quality", "tokenizer", "eval", "vision"}
+NO_RECIPE = {"convert", "quantize", "demo", "train-quality", "tokenizer", "eval", "vision", "plan", "chat"}
 
 KINDS = (int, float, bool, str, list)
 PER_KIND = 3  # keys fuzzed per field type and command: enough to cover sections, few enough to stay fast
@@ -196,7 +201,7 @@ def test_help_lists_config_keys_with_types_defaults_and_help(capsys):
 # --- argparse flags of every subcommand --------------------------------------------------------------------------
 
 # Commands whose own `--help` is a usage line, not a parser: their sub-subcommands, each with its own parser.
-OWN_SUBCOMMANDS = {"guard": ("train", "classify", "eval", "chat-eval")}
+OWN_SUBCOMMANDS = {"guard": ("train", "classify", "eval", "chat-eval"), "post-data": tuple(POST_DATA_STEPS)}
 # Flag type -> (number kind, bounded below: -1 refused, bounded above: a value past the bound refused).
 NUMERIC_TYPES: dict[Any, tuple[type, bool, bool]] = {
     int: (int, False, False),
@@ -218,6 +223,7 @@ UNBOUNDED_FLAGS = {
     ("vision train", "--seed"): "a seed may be any int",
     ("vision make-data", "--seed"): "a seed may be any int",
     ("vision caption-lm", "--seed"): "a seed may be any int",
+    ("chat", "--seed"): "a seed may be any int",
 }
 
 

@@ -20,6 +20,7 @@ import sys
 from typing import Any, TextIO
 
 from hf_llama3.cli_errors import CLIError
+from hf_llama3.cli_types import non_negative_float, positive_int, unit_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system", default=None, help="system message")
     parser.add_argument("--date", default=None, help='"Today Date" of the system turn, e.g. "26 July 2024"')
     parser.add_argument("--message", default=None, help="run this one user turn and exit (non-interactive)")
-    parser.add_argument("--max-steps", type=int, default=6, help="assistant messages per user turn")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=0.6, help="0: greedy")
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--max-steps", type=positive_int, default=6, help="assistant messages per user turn")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.6, help="0: greedy")
+    parser.add_argument("--top-p", type=unit_float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print each turn's new messages as one JSON line")
