@@ -70,8 +70,8 @@ class RoundsConfig:
         dpo_seeds: One DPO run per seed; more than one are averaged [4.1.5].
         kept_strengths: Preference strengths kept for reward modelling and DPO [4.2.1].
         eval_max_new_tokens: Length of the greedy answers scored in the evaluation.
-        post_data: Post-training data steps run between rejection sampling and SFT, each ``{step, when, config}``
-            (:mod:`training.rounds_post_data`) [4.2.3, 4.3].
+        post_data: Post-training data steps run between rejection sampling and SFT, each ``{step, when, config,
+            overrides}`` (:mod:`training.rounds_post_data`) [4.2.3, 4.3].
         reward, rejection_sampling, sft, dpo: Overrides for each stage's config (any field of
             ``Llama3RewardConfig``, ``RejectionSamplingConfig``, ``Llama3SFTConfig``, ``Llama3DPOConfig``).
     """
