@@ -71,6 +71,7 @@ def test_round_runs_its_steps_and_sft_trains_on_their_rows_once(tmp_path, tokeni
         },
     }
     values["post_data"].insert(1, rooted(tools, REPO))
+    values["post_data"][2]["config"]["mix_ratio"] = 0.25  # two long-context rows: 3 + 4 + 2 = 9, not the 4 + 4 unwired
     values["sft"]["max_steps"] = 1
     runner = RoundsRunner(build_config(RoundsConfig, values))
     round_dir = tmp_path / "rounds" / "round_0"
@@ -100,11 +101,11 @@ def test_round_runs_its_steps_and_sft_trains_on_their_rows_once(tmp_path, tokeni
     assert (ran["model_path"], ran["dpo_output_path"]) == (values["base_model"], str(tools / "rows.dpo.jsonl"))
     assert json.loads((tools / "rows.report.json").read_text()) and (tools / "rows.dpo.jsonl").exists()
     added = _read(tools / "rows.jsonl")
-    # before_sft: the curated samples, tools' rows and the user's 4 rows, merged, then one long-context row mixed in
+    # before_sft: the curated samples, tools' rows and the user's 4 rows, merged, then two long-context rows mixed in
     assert json.loads((long_context / "config.json").read_text())["sft_path"] == str(long_context / "input.jsonl")
     assert _read(long_context / "input.jsonl") == [*curated, *added, *_read(REPO / values["sft_extra_paths"][0])]
     mixed = _read(long_context / "rows.jsonl")
-    assert len(mixed) == 3 + len(added) + 4 + 1 and sum("long_context" in row for row in mixed) == 1
+    assert len(mixed) == 3 + len(added) + 4 + 2 and sum("long_context" in row for row in mixed) == 2
     assert json.loads((round_dir / "sft" / "final" / "data_summary.json").read_text()) == {"rows": len(mixed)}
 
     # A rerun (a resumed round) finds every step done and repeats none of them.
