@@ -33,15 +33,20 @@ def _one_line(capsys) -> str:
     return err
 
 
+DATA = {"sft": "sft_user.jsonl", "dpo": "preferences.jsonl", "reward": "preferences.jsonl"}
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo", "reward"])
 def test_a_second_post_training_run_into_a_busy_folder_is_refused(tmp_path, stage, capsys):
     out = tmp_path / "out"
+    (tmp_path / "model").mkdir()  # a checkpoint folder (config only): inputs are checked before the lock is taken
+    (tmp_path / "model" / "config.json").write_text("{}")
     recipe = tmp_path / f"{stage}.yaml"
     recipe.write_text(
         yaml.safe_dump(
             {
                 "model_name_or_path": str(tmp_path / "model"),
-                "dataset_path": str(REPO / "recipes" / "tiny" / "post_training" / "preferences.jsonl"),
+                "dataset_path": str(REPO / "recipes" / "tiny" / "post_training" / DATA[stage]),
                 "output_dir": str(out),
                 "max_steps": 1,
                 "bf16": False,
