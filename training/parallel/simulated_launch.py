@@ -68,6 +68,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.pipelining.schedules import _get_warmup_ops
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._redistribute import clear_redistribute_planner_cache
+from torch.distributed.tensor.debug import _clear_sharding_prop_cache
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from hf_llama3 import Llama3Config, Llama3ForCausalLM
@@ -218,6 +220,12 @@ def fake_world(rank: int, world_size: int) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+        # DTensor caches sharding propagations and redistribution planners keyed by device mesh, holding the mesh:
+        # the fake world's meshes would outlive it and be found again for an equal mesh of a later real world (a
+        # forked child included), whose collectives then name the fake groups ("Could not resolve the process
+        # group registered under the name ...").
+        _clear_sharding_prop_cache()
+        clear_redistribute_planner_cache()
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

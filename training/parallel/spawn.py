@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor._redistribute import clear_redistribute_planner_cache
+from torch.distributed.tensor.debug import _clear_sharding_prop_cache
 
 from hf_llama3.cli_errors import RankFailedError, RankKilledError, describe_error, one_line
 
@@ -54,6 +56,10 @@ def first_failure(error_dir: str) -> RankFailedError | None:
 
 def _worker(rank: int, world_size: int, store_path: str, fn: Callable, args: tuple) -> None:
     torch.set_num_threads(1)
+    # The fork copied the parent's DTensor caches, keyed by device mesh: a mesh of the parent's (an earlier world,
+    # fake or real) equal to one of this world's would be found there and name groups this process does not have.
+    _clear_sharding_prop_cache()
+    clear_redistribute_planner_cache()
     error_dir = os.path.dirname(store_path)
     dist.init_process_group(
         "gloo",
