@@ -70,6 +70,9 @@ EXTRAS["dev"] += EXTRAS["nanotron"]
 # training/pretrain: TensorBoard logs of the three-stage pre-training recipe (report_to: [tensorboard]).
 EXTRAS["pretrain"] = ["tensorboard>=2.14"]
 EXTRAS["dev"] += EXTRAS["pretrain"]
+# data/executors.py: executor.kind=ray runs every curation stage on a Ray cluster (tests: Ray's local cluster).
+EXTRAS["cluster"] = ["ray>=2.40"]
+EXTRAS["dev"] += EXTRAS["cluster"]
 
 setup(
     name="hf-llama3",

@@ -1,5 +1,6 @@
 """`hf-llama3 curate` end to end on the embedded sample corpus: report, mix, kill-then-resume giving byte-identical
-output, and the Slurm / Ray executors built from the same recipe."""
+output, the Ray executor on a local Ray cluster giving the same output, and the Slurm / Ray executors built from the
+same recipe."""
 
 import hashlib
 import json
@@ -87,6 +88,27 @@ def test_kill_mid_run_then_resume_with_two_workers_gives_identical_output(uninte
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert tree_digest(out) == tree_digest(reference)
+
+
+def test_ray_executor_runs_the_same_recipe_to_the_same_output(tmp_path):
+    """executor.kind=ray on Ray's local cluster (started by the first task, as on a laptop): every stage runs as Ray
+    tasks chained by dependency, and the output equals the local executor's byte for byte. One task per stage keeps
+    it short: each Ray task starts a worker that imports the pipeline (torch, transformers, fastText)."""
+    pytest.importorskip("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    digests = []
+    for kind in ("local", "ray"):
+        out = tmp_path / kind
+        command = [*curate_cmd(out), "--set", "tasks=1", "--set", f"executor.kind={kind}"]
+        if kind == "ray":
+            command += ["--set", "executor.options={cpus_per_task: 1, mem_per_cpu_gb: 0.5}"]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1]).get("executor", "local") == kind
+        digest = tree_digest(out)
+        digest.pop("fingerprint.json")  # it records the executor (a how-key)
+        digests.append(digest)
+    assert digests[0] == digests[1]
 
 
 def test_a_document_that_breaks_a_step_is_counted_not_fatal():
