@@ -22,10 +22,9 @@ a round runs them between rejection sampling and SFT with the inputs and outputs
   ran with (``config.json``) and, when it read several files, their merge (``input.jsonl``); the ``DONE`` marker of
   :func:`training.rounds.run_step` keeps a rerun from repeating it.
 
-Plugging in a step (the contract): add one ``ROUND_STEPS`` entry naming, as ``"module:attribute"`` strings imported
-only when a recipe uses the step, its config dataclass and its run function ``run(config) -> report dict`` (which
-writes the rows at the output key and may write ``report_path(output)`` beside them), plus which config keys take the
-rows in (``rows_in``; ``None`` for a step that makes new rows, which are then added to the round's rows) and out
+Plugging in a step (the contract): the step's config dataclass and run function ``run(config) -> report dict``
+(which writes the rows at the output key and may write ``report_path(output)`` beside them) are those of its
+``training.post_data.cli.STEPS`` entry; add one ``ROUND_STEPS`` entry saying which config keys take the rows in (``rows_in``; ``None`` for a step that makes new rows, which are then added to the round's rows) and out
 (``rows_out``; ``other_outputs`` for other files it writes), and which keys name other input files (``reads``:
 fingerprinted with the run). A config's ``__post_init__`` may check values but not that model folders exist:
 ``{reward_model}`` is made by the round itself.
@@ -35,11 +34,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+
+from training.post_data.cli import STEPS, load_attribute
 
 # When steps run, in order: on the rejection samples alone, then on them with the user's SFT data.
 WHEN = ("after_rejection_sampling", "before_sft")
@@ -52,16 +52,12 @@ class RoundStep:
     """How a round runs one post-data step (see the module docstring for the contract).
 
     Args:
-        config_class: ``"module:Class"`` of the step's config dataclass.
-        run: ``"module:function"`` taking that config and returning its report.
         rows_in: the config key the round sets to the rows so far; ``None``: the step makes new rows to add.
         rows_out: the config key the round sets to the step's output (``rows.jsonl`` in its folder).
         reads: config keys naming other input files or folders (a string or a list of them), fingerprinted.
         other_outputs: ``(config key, file name)`` of other files the step writes, put in its folder too.
     """
 
-    config_class: str
-    run: str
     rows_in: str | None
     rows_out: str
     reads: tuple[str, ...] = ()
@@ -71,15 +67,11 @@ class RoundStep:
 # step (as `hf-llama3 post-data <step>` names it) -> how a round runs it; a new step adds its line here.
 ROUND_STEPS: dict[str, RoundStep] = {
     "curate": RoundStep(
-        "training.post_data.curate:CurateConfig",
-        "training.post_data.curate:curate",
         rows_in="input_path",
         rows_out="output_path",
         reads=("tokenizer_path", "embedding_model_path"),
     ),
     "long-context": RoundStep(
-        "training.post_data.long_context:LongContextConfig",
-        "training.post_data.long_context:run",
         rows_in="sft_path",
         rows_out="output_path",
         reads=("documents_path", "code_repos", "tokenizer_path"),
@@ -87,15 +79,11 @@ ROUND_STEPS: dict[str, RoundStep] = {
     # New rows added to the round's: code kept by execution feedback [4.3.1], tool-use dialogs [4.3.5] (its DPO
     # pairs stay beside its rows, ``rows.dpo.jsonl``; the round's DPO trains on the round's preferences).
     "code": RoundStep(
-        "training.post_data.code_feedback:CodeFeedbackConfig",
-        "training.post_data.code_feedback:run",
         rows_in=None,
         rows_out="output_path",
         reads=("problems_path", "tokenizer_path"),
     ),
     "tools": RoundStep(
-        "training.post_data.tools.synth:ToolsConfig",
-        "training.post_data.tools.synth:run",
         rows_in=None,
         rows_out="output_path",
         reads=("prompts_path", "search_index", "tokenizer_path"),
@@ -121,11 +109,6 @@ class PostDataEntry:
     when: Literal["after_rejection_sampling", "before_sft"] = "before_sft"
     config: str | dict[str, Any] = dataclasses.field(default_factory=dict)
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def _resolve(target: str) -> Any:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def ordered(entries: list[PostDataEntry], when: str) -> list[tuple[int, PostDataEntry]]:
@@ -191,7 +174,7 @@ def step_config(entry: PostDataEntry, models: Mapping[str, str], rows_in: str | 
     values[spec.rows_out] = rows_out
     for key, name in spec.other_outputs:
         values[key] = str(Path(rows_out).with_name(name))
-    return build(_resolve(spec.config_class), values, source="", where=where)
+    return build(load_attribute(STEPS[entry.step].config_class), values, source="", where=where)
 
 
 def check_post_data(entries: list[PostDataEntry], base_model: str) -> None:
@@ -293,7 +276,7 @@ def run_post_data_step(
     config = step_config(entry, models, rows_in, str(folder / "rows.jsonl"), where=f"post_data[{index}].config")
     with atomic_output_file(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n", encoding="utf-8")
-    return _resolve(spec.run)(config)
+    return load_attribute(STEPS[entry.step].run)(config)
 
 
 def rows_after(entry: PostDataEntry, folder: Path, rows: list[str]) -> list[str]:

@@ -6,7 +6,6 @@ runs in the sandbox. One run goes through the CLI step with a tiny checkpoint (c
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -179,11 +178,10 @@ def test_the_config_requires_its_paths_and_the_tiny_recipe_builds():
 def test_the_step_runs_with_a_tiny_checkpoint(tmp_path):
     from hf_llama3 import load_tokenizer
     from tests.post_training.conftest import tiny_causal_lm
-    from training.post_data.cli import STEPS
-    from training.post_data.code_feedback import main
+    from training.post_data.cli import STEPS, main
     from training.post_data.curate import report_path
 
-    assert STEPS["code"][0] == "training.post_data.code_feedback"
+    assert STEPS["code"].run == "training.post_data.code_feedback:run"
     model_dir = tmp_path / "model"
     tiny_causal_lm(0).save_pretrained(model_dir)
     load_tokenizer().save_pretrained(model_dir)
@@ -197,7 +195,7 @@ def test_the_step_runs_with_a_tiny_checkpoint(tmp_path):
         "max_revisions": 1, "max_new_tokens": 8, "device": "cpu", "sandbox": {"cpu_seconds": 2, "wall_seconds": 5},
     }  # fmt: skip
     recipe.write_text(yaml.safe_dump(settings))
-    assert main(argparse.Namespace(config=recipe, overrides=[])) == 0
+    assert main(["code", "--config", str(recipe)]) == 0
     report = json.loads(report_path(out).read_text())
     assert report["problems"] == 2 and report["model"] == str(model_dir)
     assert report["rows_kept"] + len(report["dropped"]) == 2

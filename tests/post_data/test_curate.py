@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.post_training.conftest import tiny_causal_lm, tiny_reward_model
-from training.post_data.curate import CurateConfig, curate_rows, main, read_sft_rows, report_path
+from training.post_data.cli import main
+from training.post_data.curate import CurateConfig, curate_rows, read_sft_rows, report_path
 from training.post_data.judge import LogLikelihoodJudge
 from training.post_data.semantic_dedup import load_encoder, semantic_dedup
 
@@ -93,8 +94,6 @@ def test_curate_tags_name_their_models_and_report_accounts_for_every_row(tmp_pat
 
 
 def test_curate_cli_writes_sft_rows_and_refuses_a_bad_row(tmp_path, tokenizer):
-    import argparse
-
     from datasets import Dataset
 
     from training.sft import check_sft_rows
@@ -107,7 +106,7 @@ def test_curate_cli_writes_sft_rows_and_refuses_a_bad_row(tmp_path, tokenizer):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "curated.jsonl"
     overrides = [f"input_path={data}", f"output_path={out}", f"judge_model_path={judge_dir}", "num_clusters=1"]
-    assert main(argparse.Namespace(config=None, overrides=overrides)) == 0
+    assert main(["curate", *(f"--set={override}" for override in overrides)]) == 0
     report = json.loads(report_path(out).read_text())
     dropped = sum(len(v) for v in report["dropped"].values())
     assert report["rows_kept"] + dropped == 3

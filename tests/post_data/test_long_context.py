@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -11,8 +10,9 @@ import pytest
 import yaml
 
 from tests.post_training.conftest import tiny_causal_lm
+from training.post_data.cli import main
 from training.post_data.curate import report_path
-from training.post_data.long_context import chunk_spans, dependents, main, missing_file_rows, read_documents
+from training.post_data.long_context import chunk_spans, dependents, missing_file_rows, read_documents
 
 CHUNK_TOKENS = 48
 
@@ -83,7 +83,7 @@ def test_long_context_rows_are_sft_rows_supported_by_their_chunk_at_the_mix_rati
         "chunk_tokens": CHUNK_TOKENS, "min_dependents": 3, "max_new_tokens": 6,
     }  # fmt: skip
     recipe.write_text(yaml.safe_dump(settings))
-    assert main(argparse.Namespace(config=recipe, overrides=[])) == 0
+    assert main(["long-context", "--config", str(recipe)]) == 0
 
     mixed = load_rows(out)  # how the SFT stage reads it
     check_sft_rows(mixed, name=str(out))

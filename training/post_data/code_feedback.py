@@ -25,7 +25,6 @@ revisions it took); the report lists every dropped problem with the reason and t
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -251,20 +250,9 @@ def run(config: CodeFeedbackConfig) -> dict[str, Any]:
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The step's flags beside ``--config``/``--set`` (none: everything is in the recipe)."""
-    from hf_llama3.recipe_loader import describe
-
-    parser.epilog = describe(CodeFeedbackConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``hf-llama3 post-data code``; prints the kept and dropped counts."""
-    from hf_llama3.recipe_loader import load_recipe
-
-    report = run(load_recipe(CodeFeedbackConfig, args.config, args.overrides))
-    print(
+def summary(report: dict[str, Any]) -> str:
+    """The line ``hf-llama3 post-data code`` prints: the kept and dropped counts."""
+    return (
         f"code: kept {report['rows_kept']} of {report['problems']} problems "
         f"({report['self_corrected']} self-corrected), dropped {report['dropped_reasons']}"
     )
-    return 0

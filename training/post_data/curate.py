@@ -11,7 +11,6 @@ kept and what was dropped and why. The SFT stage reads the output as it is (it k
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -230,19 +229,7 @@ def curate(config: CurateConfig) -> dict[str, Any]:
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The step's flags beside ``--config``/``--set`` (none: everything is in the recipe)."""
-    from hf_llama3.recipe_loader import describe
-
-    parser.epilog = describe(CurateConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``hf-llama3 post-data curate``; prints the kept and dropped counts."""
-    from hf_llama3.recipe_loader import load_recipe
-
-    config = load_recipe(CurateConfig, args.config, args.overrides)
-    report = curate(config)
+def summary(report: dict[str, Any]) -> str:
+    """The line ``hf-llama3 post-data curate`` prints: the kept and dropped counts."""
     dropped = {reason: len(rows) for reason, rows in report["dropped"].items()}
-    print(f"curate: kept {report['rows_kept']} of {report['rows_read']} rows, dropped {dropped}")
-    return 0
+    return f"curate: kept {report['rows_kept']} of {report['rows_read']} rows, dropped {dropped}"

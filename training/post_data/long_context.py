@@ -20,7 +20,6 @@ from the repository. The rows are mixed into the SFT rows at ``mix_ratio`` of th
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import json
@@ -348,20 +347,9 @@ def run(config: LongContextConfig) -> dict[str, Any]:
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The step's flags beside ``--config``/``--set`` (none: everything is in the recipe)."""
-    from hf_llama3.recipe_loader import describe
-
-    parser.epilog = describe(LongContextConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``hf-llama3 post-data long-context``; prints what was made."""
-    from hf_llama3.recipe_loader import load_recipe
-
-    report = run(load_recipe(LongContextConfig, args.config, args.overrides))
-    print(
+def summary(report: dict[str, Any]) -> str:
+    """The line ``hf-llama3 post-data long-context`` prints: what was made."""
+    return (
         f"long-context: {report['long_context_rows']} rows ({report['kinds']}) mixed into {report['sft_rows']} SFT "
         f"rows, share {report['share']:.4%}" + (f"; {report['shortfall']}" if "shortfall" in report else "")
     )
-    return 0

@@ -23,7 +23,6 @@ lower) becomes a DPO pair. The report counts outcomes and says why each trajecto
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from collections import Counter
@@ -329,20 +328,9 @@ def run(config: ToolsConfig) -> dict[str, Any]:
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The step's flags beside ``--config``/``--set`` (none: everything is in the recipe)."""
-    from hf_llama3.recipe_loader import describe
-
-    parser.epilog = describe(ToolsConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``hf-llama3 post-data tools``; prints what was kept and dropped."""
-    from hf_llama3.recipe_loader import load_recipe
-
-    report = run(load_recipe(ToolsConfig, args.config, args.overrides))
-    print(
+def summary(report: dict[str, Any]) -> str:
+    """The line ``hf-llama3 post-data tools`` prints: what was kept and dropped."""
+    return (
         f"tools: {report['sft_rows']} SFT rows and {report['dpo_pairs']} DPO pairs from {report['trajectories']} "
         f"trajectories of {report['prompts']} prompts; dropped {report['dropped_trajectories']}"
     )
-    return 0
