@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,6 +170,21 @@ def curate_rows(
     report["rows_kept"] = len(kept)
     report["kept"] = kept
     return [{**rows[i], "curation": tags[i]} for i in kept], report
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(row number, value)`` of every non-blank line of a JSON-lines file (numbered as the file's lines, from 0);
+    a line that is no JSON is refused naming the file and row."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}: row {number}: malformed JSON ({err.msg}); fix or remove that line."
+                ) from None
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:

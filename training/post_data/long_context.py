@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import random
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal
 from hf_llama3.recipe_loader import bounds
 from training.post_data.curate import (
     load_causal_lm,
+    read_jsonl,
     read_sft_rows,
     report_path,
     torch_device,
@@ -102,20 +102,11 @@ class LongContextConfig:
 def read_documents(path: str) -> list[dict[str, str]]:
     """``{"id", "text"}`` of every row of a JSON-lines file; a row without text is refused with file, row, field."""
     documents = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{path}: row {number}: malformed JSON ({err.msg}); fix or remove that line."
-                ) from None
-            text = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{path}: row {number}: field 'text' must be the document's non-empty text.")
-            documents.append({"id": str(row.get("id", number)), "text": text})
+    for number, row in read_jsonl(path):
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: row {number}: field 'text' must be the document's non-empty text.")
+        documents.append({"id": str(row.get("id", number)), "text": text})
     if not documents:
         raise ValueError(f"{path}: no documents; give one JSON row with 'text' per line.")
     return documents

@@ -56,20 +56,13 @@ class LocalSearchIndex:
     @classmethod
     def from_jsonl(cls, path: str | Path) -> LocalSearchIndex:
         """The index of a JSON-lines file; a row without ``text`` is refused naming the file and row."""
+        from training.post_data.curate import read_jsonl
+
         documents = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: row {number}: malformed JSON ({err.msg}); fix that line.") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-                    raise ValueError(f"{path}: row {number}: field 'text' must be the document's non-empty text.")
-                documents.append(
-                    {"title": str(row.get("title", "")), "url": str(row.get("url", "")), "text": row["text"]}
-                )
+        for number, row in read_jsonl(path):
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise ValueError(f"{path}: row {number}: field 'text' must be the document's non-empty text.")
+            documents.append({"title": str(row.get("title", "")), "url": str(row.get("url", "")), "text": row["text"]})
         return cls(documents)
 
     def scores(self, query: str) -> list[float]:

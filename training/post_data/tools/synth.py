@@ -24,7 +24,6 @@ lower) becomes a DPO pair. The report counts outcomes and says why each trajecto
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -108,31 +107,24 @@ class ToolsConfig:
 def read_prompts(path: str, system_prompt: str | None = None) -> list[list[dict[str, Any]]]:
     """The prompt messages of every row (``prompt`` string or messages, or ``messages`` up to the last user turn);
     a row that is neither is refused naming the file, row and field."""
+    from training.post_data.curate import read_jsonl
+
     prompts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{path}: row {number}: malformed JSON ({err.msg}); fix or remove that line."
-                ) from None
-            value = row.get("prompt", row.get("messages")) if isinstance(row, dict) else None
-            if isinstance(value, str) and value.strip():
-                messages = [{"role": "user", "content": value}]
-            elif isinstance(value, list) and any(isinstance(m, dict) and m.get("role") == "user" for m in value):
-                last_user = max(i for i, m in enumerate(value) if isinstance(m, dict) and m.get("role") == "user")
-                messages = [dict(m) for m in value[: last_user + 1]]
-            else:
-                raise ValueError(
-                    f"{path}: row {number}: field 'prompt' must be a string or messages with a user turn "
-                    "(or give 'messages')."
-                )
-            if system_prompt and messages[0].get("role") != "system":
-                messages.insert(0, {"role": "system", "content": system_prompt})
-            prompts.append(messages)
+    for number, row in read_jsonl(path):
+        value = row.get("prompt", row.get("messages")) if isinstance(row, dict) else None
+        if isinstance(value, str) and value.strip():
+            messages = [{"role": "user", "content": value}]
+        elif isinstance(value, list) and any(isinstance(m, dict) and m.get("role") == "user" for m in value):
+            last_user = max(i for i, m in enumerate(value) if isinstance(m, dict) and m.get("role") == "user")
+            messages = [dict(m) for m in value[: last_user + 1]]
+        else:
+            raise ValueError(
+                f"{path}: row {number}: field 'prompt' must be a string or messages with a user turn "
+                "(or give 'messages')."
+            )
+        if system_prompt and messages[0].get("role") != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        prompts.append(messages)
     if not prompts:
         raise ValueError(f"{path}: no prompts; give one JSON row with 'prompt' per line.")
     return prompts
